@@ -24,6 +24,7 @@ setuptools.setup(
             "pytest-xdist",
             "tf-keras~=2.21.0",
             "matplotlib",
+            "pillow",
             "nbclient",
             "nbformat",
             "ipykernel",
