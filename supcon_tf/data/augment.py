@@ -1,0 +1,362 @@
+"""The paper's augmentations as pure TensorFlow functions with stateless randomness.
+
+Every function takes an explicit seed (int32 [2]) and draws all its random numbers
+from it, so the same seed gives the same output, eagerly or inside tf.data. There
+are two kinds:
+
+* geometric ops on one decoded image (crop windows, crop-and-resize and flip of the views),
+  run per example in a parallel map right after decoding;
+* photometric ops on a stack of images [n, H, W, 3] float32 in [0, 1] (colour
+  jitter, grayscale, blur), with one set of random parameters per image.
+  They run on the V views of one example, or on the whole flattened batch after
+  batching, where vectorized ops are several times faster than per-example ones.
+
+Keras 3's augmentation layers are not used: they draw from stateful seed
+generators, so a resumed run could not replay the same augmentations, and they
+take one random order for a whole batch where SimAugment wants one per image.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+# Gaussian blur support: 3 sigma of the largest sigma (2.0) on each side.
+BLUR_SIGMA_RANGE = (0.1, 2.0)
+BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA_RANGE[1])
+ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
+
+# Colour-jitter ops, applied in a random order per image.
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+
+
+def fold_seed(seed, salt):
+    """A new int32 [2] seed from `seed` and an integer `salt` (a stream index, a view, an op)."""
+    seed = tf.cast(seed, tf.int32)
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(salt, tf.int32))
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+def sample_crop_windows(image_shape, seed, *, num_views, area_range,
+                        aspect_ratio_range=ASPECT_RATIO_RANGE):
+    """Random-resized-crop windows [num_views, 4] int32 (top, left, height, width).
+
+    Area is a fraction of the image in `area_range`, aspect ratio (w/h) in
+    `aspect_ratio_range`; after 100 failed attempts a window is the whole image.
+    """
+    image_shape = tf.cast(image_shape, tf.int32)
+    windows = []
+    for view in range(num_views):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            image_shape,
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=fold_seed(seed, view),
+            min_object_covered=0.0,
+            aspect_ratio_range=aspect_ratio_range,
+            area_range=area_range,
+            max_attempts=100,
+            use_image_if_no_bounding_boxes=True)
+        windows.append(tf.stack([begin[0], begin[1], size[0], size[1]]))
+    return tf.stack(windows)
+
+
+def union_window(windows):
+    """The smallest window [4] (top, left, height, width) holding all `windows` [V, 4]."""
+    top_left = tf.reduce_min(windows[:, :2], axis=0)
+    bottom_right = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
+    return tf.concat([top_left, bottom_right - top_left], axis=0)
+
+
+def crop_and_resize(image, windows, size, flip=None):
+    """Crops `windows` [V, 4] out of one image [H, W, C] and resizes each to size x size.
+
+    One bilinear crop_and_resize op for all views: it samples only the output
+    pixels, so it costs O(V * size^2) whatever the crop size. flip [V] bool
+    mirrors views left-right for free, by sampling their box right to left.
+    Returns float32 [V, size, size, C] in the input's value range.
+    """
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    windows = tf.cast(windows, tf.float32)
+    # Box corners in the op's normalized coordinates, where 0 and 1 are the centres
+    # of the first and last pixel.
+    scale = tf.maximum(shape - 1.0, 1.0)
+    start = windows[:, :2] / scale
+    end = (windows[:, :2] + windows[:, 2:] - 1.0) / scale
+    if flip is not None:
+        left, right = start[:, 1], end[:, 1]
+        start = tf.stack([start[:, 0], tf.where(flip, right, left)], axis=1)
+        end = tf.stack([end[:, 0], tf.where(flip, left, right)], axis=1)
+    boxes = tf.concat([start, end], axis=1)
+    box_indices = tf.zeros([tf.shape(windows)[0]], tf.int32)
+    return tf.image.crop_and_resize(
+        tf.cast(image, tf.float32)[None], boxes, box_indices, [size, size], method="bilinear")
+
+
+def random_flips(seed, num_views, probability=0.5):
+    """[num_views] bool: which views to mirror left-right."""
+    return tf.random.stateless_uniform([num_views], seed) < probability
+
+
+def random_resized_crop_views(image, seed, *, num_views, size, area_range, hflip):
+    """num_views random resized crops (mirrored with p = 0.5 if hflip) of one decoded image.
+
+    Returns float32 [V, size, size, 3] in [0, 1].
+    """
+    windows = sample_crop_windows(tf.shape(image), fold_seed(seed, 0), num_views=num_views,
+                                  area_range=area_range)
+    flip = random_flips(fold_seed(seed, 1), num_views) if hflip else None
+    return crop_and_resize(image, windows, size, flip) / 255.0
+
+
+def decode_jpeg_crop_views(encoded, seed, *, num_views, size, area_range, hflip):
+    """Random resized crops of a JPEG, decoding only the rows/columns the views use.
+
+    The windows come from the JPEG header (extract_jpeg_shape), the image is
+    decoded once with decode_and_crop_jpeg over the union of the windows, and the
+    views are cut from that region (mirrored with p = 0.5 if hflip). Returns
+    float32 [V, size, size, 3] in [0, 1], the same as random_resized_crop_views
+    on the decoded image.
+    """
+    shape = tf.image.extract_jpeg_shape(encoded)
+    windows = sample_crop_windows(shape, fold_seed(seed, 0), num_views=num_views,
+                                  area_range=area_range)
+    region = union_window(windows)
+    image = tf.image.decode_and_crop_jpeg(encoded, region, channels=3)
+    relative = windows - tf.concat([region[:2], [0, 0]], axis=0)
+    flip = random_flips(fold_seed(seed, 1), num_views) if hflip else None
+    return crop_and_resize(image, relative, size, flip) / 255.0
+
+
+def center_crop_jpeg(encoded, *, size, crop_fraction=224.0 / 256.0):
+    """ImageNet eval preprocessing: a centred square of crop_fraction of the shorter side.
+
+    Equals "resize the shorter side to 256, centre-crop 224" scaled to `size`,
+    but decodes only the crop. Returns float32 [size, size, 3] in [0, 1].
+    """
+    shape = tf.image.extract_jpeg_shape(encoded)
+    height, width = shape[0], shape[1]
+    side = tf.cast(tf.round(crop_fraction * tf.cast(tf.minimum(height, width), tf.float32)),
+                   tf.int32)
+    side = tf.maximum(side, 1)
+    window = tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+    image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    return resize(image, size)
+
+
+def resize(image, size):
+    """A decoded image [H, W, 3] (uint8) -> float32 [size, size, 3] in [0, 1], bilinear."""
+    image = tf.cast(image, tf.float32) / 255.0
+    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+    resized = tf.cond(same, lambda: image, lambda: tf.image.resize(image, [size, size]))
+    return tf.ensure_shape(resized, [size, size, 3])
+
+
+# ---------------------------------------------------------------------------- photometry
+
+
+def _per_image(values):
+    """[n] -> [n, 1, 1, 1], to broadcast one value per image."""
+    return values[:, None, None, None]
+
+
+# Luma weights of tf.image.rgb_to_grayscale (ITU-R 601).
+GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.596, -0.274, -0.322],
+                        [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def _homogeneous(linear, bias):
+    """linear [n, 3, 3] and bias [n, 3] -> [n, 4, 4] acting on (r, g, b, 1)."""
+    n = tf.shape(linear)[0]
+    top = tf.concat([linear, bias[:, :, None]], axis=2)
+    bottom = tf.tile(tf.constant([[[0.0, 0.0, 0.0, 1.0]]]), [n, 1, 1])
+    return tf.concat([top, bottom], axis=1)
+
+
+def _identities(n):
+    return tf.eye(4, batch_shape=[n])
+
+
+def _gray_matrix(n):
+    """[n, 3, 3]: every output channel is the luma of the input."""
+    return tf.tile(tf.constant(np.tile(GRAY_WEIGHTS, (3, 1)))[None], [n, 1, 1])
+
+
+def _blend_with_gray(factor):
+    """Saturation: factor * x + (1 - factor) * gray(x), as [n, 3, 3]."""
+    n = tf.shape(factor)[0]
+    eye = tf.eye(3, batch_shape=[n])
+    factor = factor[:, None, None]
+    return factor * eye + (1.0 - factor) * _gray_matrix(n)
+
+
+def _hue_rotation(delta):
+    """Hue rotated by delta [n] (a fraction of the circle) in YIQ space, as [n, 3, 3]."""
+    angle = 2.0 * np.pi * delta
+    cos, sin, zero, one = tf.cos(angle), tf.sin(angle), tf.zeros_like(angle), tf.ones_like(angle)
+    rotation = tf.stack([tf.stack([one, zero, zero], -1),
+                         tf.stack([zero, cos, -sin], -1),
+                         tf.stack([zero, sin, cos], -1)], axis=1)
+    return tf.constant(_YIQ_TO_RGB)[None] @ rotation @ tf.constant(_RGB_TO_YIQ)[None]
+
+
+def color_jitter_transforms(mean_color, seed, *, strength, probability=0.8):
+    """Per-image colour-jitter transforms [n, 4, 4], given each image's mean colour [n, 3].
+
+    SimCLR colour distortion of strength s: with `probability`, brightness,
+    contrast and saturation factors from [max(0, 1 - 0.8 s), 1 + 0.8 s] and a hue
+    shift from [-0.2 s, 0.2 s], composed in a random order per image. Brightness
+    scales, contrast blends with the mean gray level (of the image as it is at
+    that point of the order), saturation blends with the gray image (torchvision
+    semantics). Hue rotates the chroma plane of YIQ.
+
+    All four are affine maps of the colour, so each image's jitter is one 4x4
+    matrix, applied in a single pass by apply_color_transform. This differs from
+    per-op code in two small ways, chosen for speed: hue is the YIQ rotation
+    rather than an HSV shift, and values are clipped to [0, 1] once at the end
+    rather than after each op.
+    """
+    n = tf.shape(mean_color)[0]
+    apply = tf.random.stateless_uniform([n], fold_seed(seed, 0)) < probability
+    low, high = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
+    brightness, contrast, saturation = [
+        tf.random.stateless_uniform([n], fold_seed(seed, 1 + op), minval=low, maxval=high)
+        for op in (_BRIGHTNESS, _CONTRAST, _SATURATION)]
+    hue_delta = tf.random.stateless_uniform([n], fold_seed(seed, 4),
+                                            minval=-0.2 * strength, maxval=0.2 * strength)
+    order = tf.argsort(tf.random.stateless_uniform([n, 4], fold_seed(seed, 5)), axis=1)
+
+    zero_bias = tf.zeros([n, 3])
+    eye = tf.eye(3, batch_shape=[n])
+    brightness_map = _homogeneous(brightness[:, None, None] * eye, zero_bias)
+    saturation_map = _homogeneous(_blend_with_gray(saturation), zero_bias)
+    hue_map = _homogeneous(_hue_rotation(hue_delta), zero_bias)
+    mean_color = tf.concat([mean_color, tf.ones([n, 1])], axis=1)[:, :, None]   # [n, 4, 1]
+    transform = _identities(n)
+    for round_index in range(4):
+        # Contrast depends on the mean gray level after the ops before it.
+        current_mean = (transform @ mean_color)[:, :3, 0]
+        mean_gray = tf.reduce_sum(current_mean * GRAY_WEIGHTS, axis=1)
+        contrast_map = _homogeneous(
+            contrast[:, None, None] * eye,
+            tf.tile(((1.0 - contrast) * mean_gray)[:, None], [1, 3]))
+        candidates = tf.stack([brightness_map, contrast_map, saturation_map, hue_map], axis=1)
+        step = tf.gather(candidates, order[:, round_index], batch_dims=1)
+        step = tf.where(apply[:, None, None], step, _identities(n))
+        transform = step @ transform
+    return transform
+
+
+def grayscale_transforms(n, seed, probability=0.2):
+    """Per-image transforms [n, 4, 4]: gray (3 equal channels) with `probability`, else identity."""
+    to_gray = tf.random.stateless_uniform([n], seed) < probability
+    gray = _homogeneous(_gray_matrix(n), tf.zeros([n, 3]))
+    return tf.where(to_gray[:, None, None], gray, _identities(n))
+
+
+def apply_color_transform(images, transforms):
+    """images [n, H, W, 3] in [0, 1] mapped by per-image affine transforms [n, 4, 4], clipped.
+
+    Written as broadcast multiply-adds rather than a matmul with an inner
+    dimension of 3: under XLA (see fused_color_transform) they fuse into one
+    pass over the pixels, several times faster than the matmul.
+    """
+    linear = transforms[:, None, None, :3, :3]
+    mapped = (images[..., 0, None] * linear[..., 0] + images[..., 1, None] * linear[..., 1]
+              + images[..., 2, None] * linear[..., 2] + transforms[:, None, None, :3, 3])
+    return tf.clip_by_value(mapped, 0.0, 1.0)
+
+
+# The batch-level colour pass, compiled: XLA also works inside tf.data maps.
+fused_color_transform = tf.function(apply_color_transform, jit_compile=True)
+
+
+def mean_color(images):
+    """[n, H, W, 3] -> [n, 3]."""
+    return tf.reduce_mean(images, axis=[1, 2])
+
+
+def color_jitter(images, seed, *, strength, probability=0.8):
+    """Colour jitter (see color_jitter_transforms) of images [n, H, W, 3] in [0, 1]."""
+    transforms = color_jitter_transforms(mean_color(images), seed, strength=strength,
+                                         probability=probability)
+    return apply_color_transform(images, transforms)
+
+
+def random_grayscale(images, seed, probability=0.2):
+    """Each image of [n, H, W, 3] becomes gray (3 equal channels) with `probability`."""
+    return apply_color_transform(
+        images, grayscale_transforms(tf.shape(images)[0], seed, probability))
+
+
+def _apply_to_rows(images, selected, fn):
+    """fn(images[selected], their indices) written back into images; fn sees only those rows."""
+    rows = tf.where(selected)
+    updated = fn(tf.gather_nd(images, rows), rows[:, 0])
+    return tf.tensor_scatter_nd_update(images, rows, updated)
+
+
+def gaussian_kernels(sigma, radius=BLUR_RADIUS):
+    """Normalized 1-D Gaussian kernels [n, 2 * radius + 1] for sigma [n]."""
+    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+    weights = tf.exp(-tf.square(taps)[None, :] / (2.0 * tf.square(sigma)[:, None]))
+    return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
+
+
+def _blur(images, sigma):
+    """Separable Gaussian blur of [m, H, W, 3] with one sigma [m] per image, reflect padding.
+
+    The m images go into the channel axis of one image so that a single depthwise
+    convolution applies a different kernel to each of them.
+    """
+    m, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, height, width, m * 3])
+    kernels = tf.repeat(gaussian_kernels(sigma), 3, axis=0)          # [m * 3, taps]
+    taps = 2 * BLUR_RADIUS + 1
+    pad = BLUR_RADIUS
+    stacked = tf.pad(stacked, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    vertical = tf.reshape(tf.transpose(kernels), [taps, 1, m * 3, 1])
+    horizontal = tf.reshape(tf.transpose(kernels), [1, taps, m * 3, 1])
+    stacked = tf.nn.depthwise_conv2d(stacked, vertical, [1, 1, 1, 1], "VALID")
+    stacked = tf.nn.depthwise_conv2d(stacked, horizontal, [1, 1, 1, 1], "VALID")
+    return tf.transpose(tf.reshape(stacked, [height, width, m, 3]), [2, 0, 1, 3])
+
+
+def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_RANGE):
+    """Blurs each image of [n, H, W, 3] with `probability`, sigma uniform in `sigma_range` (pixels).
+
+    The kernel spans 3 sigma of the largest sigma; images must be larger than
+    BLUR_RADIUS pixels on each side for the reflect padding.
+    """
+    n = tf.shape(images)[0]
+    selected = tf.random.stateless_uniform([n], fold_seed(seed, 0)) < probability
+    sigma = tf.random.stateless_uniform([n], fold_seed(seed, 1),
+                                        minval=sigma_range[0], maxval=sigma_range[1])
+    return tf.cond(
+        tf.reduce_any(selected),
+        lambda: _apply_to_rows(images, selected,
+                               lambda rows, index: _blur(rows, tf.gather(sigma, index))),
+        lambda: images)
+
+
+# ---------------------------------------------------------------------------- op policies
+
+
+def to_uint8(images):
+    """float32 in [0, 1] -> uint8 (rounded), the input type of the op policies."""
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def apply_policy(views, seed, policy):
+    """Applies policy(image uint8 [H, W, 3], seed int32 [2]) to each of views [V, H, W, 3] float32.
+
+    Returns float32 [V, H, W, 3] in [0, 1]; each view gets its own seed.
+    """
+    num_views = views.shape[0]
+    uint8_views = to_uint8(views)
+    out = [policy(uint8_views[view], fold_seed(seed, view)) for view in range(num_views)]
+    return tf.cast(tf.stack(out), tf.float32) / 255.0

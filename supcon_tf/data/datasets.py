@@ -1,0 +1,296 @@
+"""tf.data pipelines over TFDS: multi-view training batches and padded eval batches.
+
+Nothing here downloads. The TFDS datasets (cifar10, cifar100, imagenet2012) must
+already be prepared in config.data.data_dir (gs:// works); the embedded "digits"
+prepares itself from scikit-learn on first use.
+
+Training stream, per input pipeline (host):
+
+    records (this host's shard, image bytes undecoded) -> repeat -> shuffle(seed)
+    -> enumerate (stream index) -> skip(start_step * per-host batch)
+    -> decode once + V views, seed = (seed, host, index)   [parallel]
+    -> drop undecodable records (logged, counted)          -> batch(b)
+    -> batch-level photometric ops                          [parallel] -> prefetch
+
+Every random number comes from stateless ops seeded by the stream index, so the
+stream is a pure function of (seed, host), and start_step skips records before
+they are decoded to resume it.
+"""
+
+import dataclasses
+import os
+import sys
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from supcon_tf.data import augment
+from supcon_tf.data import digits as digits_lib
+from supcon_tf.data import views as views_lib
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012")
+# A dataset that fails this many records in a row is corrupt, not unlucky: the
+# pipeline raises instead of skipping forever.
+MAX_CONSECUTIVE_DECODE_FAILURES = 100
+CORRUPT_DATASET_MESSAGE = "consecutive records failed to decode"
+
+
+# The tf.data functions here have no Python control flow on tensors, so AutoGraph
+# would only slow their tracing down (several seconds per pipeline).
+_plain_graph = tf.autograph.experimental.do_not_convert
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """The dataset is not in data_dir; the message says how to prepare it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    num_train_examples: int
+    num_eval_examples: int
+
+
+def _data_dir(data_config):
+    return data_config.data_dir or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _not_prepared(data_config, cause=""):
+    name, data_dir = data_config.name, _data_dir(data_config)
+    how = f"`tfds build {name} --data_dir={data_dir}`"
+    if name == "imagenet2012":
+        how = (f"`tfds build imagenet2012 --data_dir={data_dir} --manual_dir=DIR` where DIR "
+               "holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (ImageNet cannot "
+               "be downloaded automatically)")
+    return DatasetNotPreparedError(
+        f"Dataset {name!r} is not prepared in data_dir={data_dir} and this code never "
+        f"downloads. Prepare it once with {how}, then set config.data.data_dir to that "
+        f"directory (gs:// paths work).{' (' + cause + ')' if cause else ''}")
+
+
+def _builder(data_config):
+    name = data_config.name
+    if name not in DATASETS:
+        raise ValueError(f"config.data.name={name!r} is unknown; use one of {', '.join(DATASETS)}")
+    builder = tfds.builder(name, data_dir=_data_dir(data_config))
+    if name == "digits" and not builder.is_prepared():
+        builder.download_and_prepare()  # offline: the images come from scikit-learn
+    return builder
+
+
+def _is_jpeg(data_config):
+    return data_config.name == "imagenet2012"
+
+
+def _read(builder, data_config, split, *, shuffle_seed=None, input_context=None):
+    """This pipeline's records {"image": bytes, "label": int64}; file order unless shuffle_seed."""
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    read_context = None
+    if num_pipelines > 1:
+        try:
+            num_files = builder.info.splits[split].num_shards
+        except (KeyError, ValueError):  # split sizes unknown (e.g. under tfds.testing.mock_data)
+            num_files = num_pipelines
+        if num_files >= num_pipelines:
+            read_context = input_context  # each host reads whole files of its own
+        else:  # fewer files than hosts: each host reads its own slice of records
+            split = tfds.even_splits(split, n=num_pipelines)[input_context.input_pipeline_id]
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, input_context=read_context)
+    try:
+        return builder.as_dataset(
+            split=split, shuffle_files=shuffle_seed is not None,
+            decoders={"image": tfds.decode.SkipDecoding()}, read_config=read_config)
+    except AssertionError as err:  # how TFDS reports a missing dataset directory
+        raise _not_prepared(data_config, str(err)) from err
+
+
+def dataset_info(data_config):
+    """Classes and split sizes of config.data; raises DatasetNotPreparedError if not in data_dir."""
+    builder = _builder(data_config)
+    sizes = {}
+    for split in (data_config.train_split, data_config.eval_split):
+        try:
+            sizes[split] = builder.info.splits[split].num_examples
+        except KeyError:
+            # No split metadata: either not prepared (reading raises the clear error)
+            # or a reader without metadata (mocked TFDS), where the reader knows the size.
+            sizes[split] = int(_read(builder, data_config, split).cardinality())
+            if sizes[split] < 0:
+                raise _not_prepared(data_config) from None
+    return DatasetInfo(
+        name=data_config.name,
+        num_classes=builder.info.features["label"].num_classes,
+        num_train_examples=sizes[data_config.train_split],
+        num_eval_examples=sizes[data_config.eval_split])
+
+
+# ---------------------------------------------------------------------------- bad records
+
+
+def decode_skipping_failures(dataset, decode_fn, placeholder):
+    """Maps decode_fn over dataset in parallel, dropping elements it fails on.
+
+    Each element is decoded in its own one-element dataset with ignore_errors,
+    followed by a placeholder marked invalid, so a failure becomes a flag rather
+    than an error. Failures are logged with a running count, and the pipeline
+    raises InvalidArgumentError (message containing CORRUPT_DATASET_MESSAGE)
+    after MAX_CONSECUTIVE_DECODE_FAILURES failures in a row instead of
+    searching forever through a corrupt dataset. Order is kept.
+    """
+    placeholder = tf.nest.map_structure(tf.convert_to_tensor, placeholder)
+
+    @_plain_graph
+    def decode_or_flag(*element):
+        decoded = tf.data.Dataset.from_tensors(element).map(
+            lambda *e: (decode_fn(*e), True)).ignore_errors()
+        failed = tf.data.Dataset.from_tensors((placeholder, False))
+        return decoded.concatenate(failed).take(1)
+
+    dataset = dataset.interleave(decode_or_flag, cycle_length=16, block_length=1,
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    @_plain_graph
+    def count_failures(state, element):
+        consecutive, total = state
+        decoded, ok = element
+        failed = tf.logical_not(ok)
+        consecutive = tf.where(failed, consecutive + 1, 0)
+        total += tf.cast(failed, tf.int64)
+        check = tf.debugging.assert_less(
+            consecutive, tf.constant(MAX_CONSECUTIVE_DECODE_FAILURES, tf.int64),
+            message=(f"supcon_tf.data: {MAX_CONSECUTIVE_DECODE_FAILURES} "
+                     f"{CORRUPT_DATASET_MESSAGE} in a row; the dataset looks corrupt: "
+                     "re-prepare it (tfds build) or check config.data.data_dir"))
+
+        def log_failure():
+            log = tf.print("supcon_tf.data: skipped a record that failed to decode; "
+                           "skipped so far:", total,
+                           output_stream=sys.stderr)
+            with tf.control_dependencies([log]):
+                return tf.constant(True)
+
+        with tf.control_dependencies([check]):
+            logged = tf.cond(failed, log_failure, lambda: tf.constant(False))
+        with tf.control_dependencies([logged]):
+            ok = tf.identity(ok)
+        return (consecutive, total), (decoded, ok)
+
+    zero = tf.constant(0, tf.int64)
+    dataset = dataset.scan((zero, zero), count_failures)
+    dataset = dataset.filter(lambda _, decoded_ok: decoded_ok)
+    return dataset.map(lambda decoded, _: decoded)
+
+
+# ---------------------------------------------------------------------------- pipelines
+
+
+def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_examples=0):
+    """Records {"image": bytes, "label": int} -> infinite batches of V views.
+
+    Public so that benchmarks and tests can feed records from memory. `seed` is
+    an int32 [2]-convertible pair; batches are a pure function of it.
+    """
+    seed = tf.constant(seed, tf.int32)
+    size = spec.image_size
+    dataset = records.map(lambda example: (example["image"], example["label"]))
+    dataset = dataset.repeat()
+    if shuffle_buffer > 1:
+        dataset = dataset.shuffle(shuffle_buffer, seed=int(augment.fold_seed(seed, -1)[0]))
+    dataset = dataset.enumerate().skip(skip_examples)
+
+    @_plain_graph
+    def decode(index, record):
+        encoded, label = record
+        element_seed = augment.fold_seed(seed, index)
+        return {"views": views_lib.example_views(encoded, element_seed, spec),
+                "label": tf.cast(label, tf.int32),
+                "seed": element_seed}
+
+    placeholder = {"views": tf.zeros([spec.num_views, size, size, 3]),
+                   "label": tf.constant(0, tf.int32), "seed": tf.zeros([2], tf.int32)}
+    dataset = decode_skipping_failures(dataset, decode, placeholder)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+
+    @_plain_graph
+    def finish(batch):
+        # The first element's seed is unique to this batch, as the batch boundaries
+        # in the stream are fixed.
+        batch_seed = augment.fold_seed(batch["seed"][0], 7)
+        return {"views": views_lib.batch_views(batch["views"], batch_seed, spec),
+                "label": batch["label"]}
+
+    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_pipeline(records, spec, *, batch_size):
+    """Records -> the whole split, one view, batches padded to batch_size with a mask."""
+    size = spec.image_size
+
+    @_plain_graph
+    def decode(encoded, label):
+        return {"image": views_lib.eval_image(encoded, spec), "label": tf.cast(label, tf.int32)}
+
+    placeholder = {"image": tf.zeros([size, size, 3]), "label": tf.constant(0, tf.int32)}
+    dataset = records.map(lambda example: (example["image"], example["label"]))
+    dataset = decode_skipping_failures(dataset, decode, placeholder)
+    dataset = dataset.batch(batch_size)
+
+    @_plain_graph
+    def pad(batch):
+        count = tf.shape(batch["label"])[0]
+        padding = batch_size - count
+        image = tf.pad(batch["image"], [[0, padding], [0, 0], [0, 0], [0, 0]])
+        label = tf.pad(batch["label"], [[0, padding]])
+        return {"image": tf.ensure_shape(image, [batch_size, size, size, 3]),
+                "label": tf.ensure_shape(label, [batch_size]),
+                "mask": tf.ensure_shape(tf.range(batch_size) < count, [batch_size])}
+
+    return dataset.map(pad).prefetch(tf.data.AUTOTUNE)
+
+
+def _batch_sizes(global_batch_size, input_context):
+    """(per-replica batch, per-pipeline examples per step)."""
+    if input_context is None:
+        return global_batch_size, global_batch_size
+    if global_batch_size % input_context.num_replicas_in_sync:
+        raise ValueError(
+            f"global batch size {global_batch_size} does not divide over "
+            f"{input_context.num_replicas_in_sync} replicas (config.train.global_batch_size)")
+    per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+    return per_replica, global_batch_size // input_context.num_input_pipelines
+
+
+def build_train_dataset(data_config, *, global_batch_size, seed, input_context=None, start_step=0):
+    """Infinite {"views": float32 [b, V, H, W, 3] in [0, 1], "label": int32 [b]} for this pipeline.
+
+    b is the per-replica batch. The stream is a pure function of (seed, input
+    pipeline); start_step=k gives the same stream with its first k steps left out,
+    skipped before decoding.
+    """
+    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=_is_jpeg(data_config))
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0")
+    batch_size, examples_per_step = _batch_sizes(global_batch_size, input_context)
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    builder = _builder(data_config)
+    records = _read(builder, data_config, data_config.train_split,
+                    shuffle_seed=seed, input_context=input_context)
+    return train_pipeline(
+        records, spec, batch_size=batch_size, seed=(seed, pipeline_id),
+        shuffle_buffer=int(data_config.shuffle_buffer),
+        skip_examples=start_step * examples_per_step)
+
+
+def build_eval_dataset(data_config, *, split, batch_size, input_context=None):
+    """{"image": float32 [b, H, W, 3], "label": int32 [b], "mask": bool [b]} over the whole split.
+
+    batch_size is global; with input_context each pipeline reads its own part of
+    the split in per-replica batches. The last batch is padded (mask False).
+    """
+    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=_is_jpeg(data_config))
+    per_replica, _ = _batch_sizes(batch_size, input_context)
+    builder = _builder(data_config)
+    records = _read(builder, data_config, split, input_context=input_context)
+    return eval_pipeline(records, spec, batch_size=per_replica)

@@ -1,0 +1,187 @@
+"""Each augmentation alone, eagerly and inside tf.data, against numpy references and invariants."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from supcon_tf.data import augment
+from supcon_tf.data import views as views_lib
+
+SEED = tf.constant([7, 11], tf.int32)
+
+
+def _ramp_image(height, width):
+    """uint8 [H, W, 3] whose pixels all differ, so any crop or flip shows."""
+    y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    return np.stack([(3 * y) % 256, (5 * x) % 256, (y + 7 * x) % 256], axis=-1).astype(np.uint8)
+
+
+def _random_images(n, size=16, seed=0):
+    return tf.constant(np.random.default_rng(seed).uniform(size=(n, size, size, 3)), tf.float32)
+
+
+def _in_dataset(fn, *args):
+    """fn(*args) computed inside a tf.data map."""
+    dataset = tf.data.Dataset.from_tensors(args).map(fn)
+    return next(iter(dataset))
+
+
+def test_crop_windows_follow_area_and_aspect_ranges():
+    shape = tf.constant([120, 160, 3])
+    areas, aspects = [], []
+    for salt in range(40):
+        windows = augment.sample_crop_windows(shape, augment.fold_seed(SEED, salt), num_views=2,
+                                              area_range=(0.2, 1.0)).numpy()
+        for top, left, height, width in windows:
+            assert top >= 0 and left >= 0 and top + height <= 120 and left + width <= 160
+            areas.append(height * width / (120 * 160))
+            aspects.append(width / height)
+    areas, aspects = np.array(areas), np.array(aspects)
+    assert areas.min() >= 0.2 - 0.02 and areas.max() <= 1.0
+    assert aspects.min() >= 0.75 * 0.95 and aspects.max() <= (4 / 3) * 1.05
+    assert areas.std() > 0.1  # really random, not a fixed crop
+
+
+def test_crop_and_resize_is_exact_slice_and_flip():
+    image = _ramp_image(20, 30)
+    window = tf.constant([[3, 5, 12, 12], [3, 5, 12, 12]])
+    views = augment.crop_and_resize(image, window, 12, flip=tf.constant([False, True])).numpy()
+    expected = image[3:15, 5:17].astype(np.float32)
+    np.testing.assert_allclose(views[0], expected, atol=1e-3)
+    np.testing.assert_allclose(views[1], expected[:, ::-1], atol=1e-3)
+
+
+def test_jpeg_partial_decode_matches_full_decode_then_crop():
+    image = _ramp_image(64, 96)
+    encoded = tf.io.encode_jpeg(image, quality=95)
+    decoded = tf.io.decode_jpeg(encoded, channels=3)
+    options = dict(num_views=3, size=16, area_range=(0.08, 1.0), hflip=True)
+    from_jpeg = augment.decode_jpeg_crop_views(encoded, SEED, **options)
+    from_pixels = augment.random_resized_crop_views(decoded, SEED, **options)
+    np.testing.assert_allclose(from_jpeg.numpy(), from_pixels.numpy(), atol=3 / 255)
+    in_dataset = _in_dataset(
+        lambda e, s: augment.decode_jpeg_crop_views(e, s, **options), encoded, SEED)
+    np.testing.assert_array_equal(in_dataset.numpy(), from_jpeg.numpy())
+
+
+def test_center_crop_jpeg_takes_the_central_224_of_256():
+    image = _ramp_image(64, 128)
+    encoded = tf.io.encode_jpeg(image, quality=100)
+    side = round(64 * 224 / 256)   # 56
+    top, left = (64 - side + 1) // 2, (128 - side + 1) // 2
+    expected = tf.image.resize(tf.io.decode_jpeg(encoded)[top:top + side, left:left + side],
+                               [32, 32]) / 255.0
+    np.testing.assert_allclose(augment.center_crop_jpeg(encoded, size=32).numpy(),
+                               expected.numpy(), atol=3 / 255)  # chroma upsampling at crop edges
+
+
+def test_color_jitter_identity_cases_and_gray_stays_gray():
+    images = _random_images(6)
+    for kwargs in (dict(strength=0.0), dict(strength=1.0, probability=0.0)):
+        np.testing.assert_allclose(augment.color_jitter(images, SEED, **kwargs).numpy(),
+                                   images.numpy(), atol=1e-5)
+    gray = tf.repeat(images[..., :1], 3, axis=-1)
+    jittered = augment.color_jitter(gray, SEED, strength=1.0, probability=1.0).numpy()
+    np.testing.assert_allclose(jittered[..., 0], jittered[..., 1], atol=1e-4)
+    np.testing.assert_allclose(jittered[..., 0], jittered[..., 2], atol=1e-4)
+    assert not np.allclose(jittered, gray.numpy(), atol=1e-3)
+
+
+def test_hue_rotation_keeps_luma_and_chroma_and_returns_after_full_turn():
+    colors = np.random.default_rng(1).uniform(size=(5, 3)).astype(np.float32)
+    rotation = augment._hue_rotation(tf.constant([0.3])).numpy()[0]
+    rotated = colors @ rotation.T
+    yiq = augment._RGB_TO_YIQ
+    before, after = colors @ yiq.T, rotated @ yiq.T
+    np.testing.assert_allclose(after[:, 0], before[:, 0], atol=1e-5)
+    np.testing.assert_allclose(np.hypot(after[:, 1], after[:, 2]),
+                               np.hypot(before[:, 1], before[:, 2]), atol=1e-5)
+    assert not np.allclose(rotated, colors, atol=1e-3)
+    np.testing.assert_allclose(augment._hue_rotation(tf.constant([1.0])).numpy()[0], np.eye(3),
+                               atol=1e-5)
+
+
+def test_color_jitter_transform_of_single_ops_matches_torchvision_formulas():
+    """With the other factors forced to identity, each op equals its textbook formula."""
+    images = _random_images(1)
+    x = images.numpy()[0]
+    luma = x @ augment.GRAY_WEIGHTS
+    n = tf.constant(1)
+    eye = tf.eye(3, batch_shape=[n])
+    saturation = augment._homogeneous(augment._blend_with_gray(tf.constant([0.4])),
+                                      tf.zeros([1, 3]))
+    out = augment.apply_color_transform(images, saturation).numpy()[0]
+    np.testing.assert_allclose(out, np.clip(0.4 * x + 0.6 * luma[..., None], 0, 1), atol=1e-5)
+    brightness = augment._homogeneous(1.5 * eye, tf.zeros([1, 3]))
+    out = augment.apply_color_transform(images, brightness).numpy()[0]
+    np.testing.assert_allclose(out, np.clip(1.5 * x, 0, 1), atol=1e-5)
+
+
+def test_color_jitter_applies_with_probability_and_random_order_per_image():
+    images = _random_images(300, size=4)
+    out = augment.color_jitter(images, SEED, strength=0.5).numpy()
+    changed = np.abs(out - images.numpy()).max(axis=(1, 2, 3)) > 1e-4
+    assert 0.7 < changed.mean() < 0.9
+    same = augment.color_jitter(images, SEED, strength=0.5).numpy()
+    np.testing.assert_array_equal(out, same)
+    in_dataset = _in_dataset(lambda i, s: augment.color_jitter(i, s, strength=0.5), images, SEED)
+    np.testing.assert_allclose(in_dataset.numpy(), out, atol=1e-6)
+
+
+def test_random_grayscale_matches_luma_with_probability():
+    images = _random_images(500, size=4)
+    out = augment.random_grayscale(images, SEED).numpy()
+    luma = images.numpy() @ augment.GRAY_WEIGHTS
+    gray_rows = np.all(np.abs(out - luma[..., None]) < 1e-5, axis=(1, 2, 3))
+    unchanged = np.all(np.abs(out - images.numpy()) < 1e-6, axis=(1, 2, 3))
+    assert np.all(gray_rows | unchanged)
+    assert 0.15 < gray_rows.mean() < 0.25
+
+
+def _numpy_blur(image, sigma, radius):
+    taps = np.arange(-radius, radius + 1)
+    kernel = np.exp(-taps ** 2 / (2 * sigma ** 2))
+    kernel /= kernel.sum()
+    padded = np.pad(image, [(radius, radius), (radius, radius), (0, 0)], mode="reflect")
+    size = image.shape[0]
+    rows = sum(k * padded[i:i + size] for i, k in enumerate(kernel))
+    return sum(k * rows[:, i:i + size] for i, k in enumerate(kernel))
+
+
+def test_gaussian_blur_matches_numpy_convolution():
+    images = _random_images(3, size=16)
+    out = augment.random_gaussian_blur(images, SEED, probability=1.0,
+                                       sigma_range=(1.3, 1.3)).numpy()
+    for image, blurred in zip(images.numpy(), out):
+        np.testing.assert_allclose(blurred, _numpy_blur(image, 1.3, augment.BLUR_RADIUS),
+                                   atol=1e-5)
+    untouched = augment.random_gaussian_blur(images, SEED, probability=0.0)
+    np.testing.assert_array_equal(untouched.numpy(), images.numpy())
+    in_dataset = _in_dataset(
+        lambda i, s: augment.random_gaussian_blur(i, s, probability=1.0, sigma_range=(1.3, 1.3)),
+        images, SEED)
+    np.testing.assert_allclose(in_dataset.numpy(), out, atol=1e-6)
+
+
+def test_batch_views_simaugment_keeps_shape_range_and_is_seeded():
+    spec = views_lib.ViewSpec(augment="simaugment", image_size=16, num_views=2, blur=True)
+    views = tf.reshape(_random_images(8), [4, 2, 16, 16, 3])
+    out = views_lib.batch_views(views, SEED, spec)
+    assert out.shape == (4, 2, 16, 16, 3)
+    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+    np.testing.assert_array_equal(out.numpy(), views_lib.batch_views(views, SEED, spec).numpy())
+    other = views_lib.batch_views(views, tf.constant([1, 2]), spec)
+    assert not np.allclose(other.numpy(), out.numpy())
+
+
+@pytest.mark.parametrize("mode", ["autoaugment", "stacked_randaugment"])
+def test_policy_modes_give_views_in_range(mode):
+    pytest.importorskip("supcon_tf.data.policies")
+    spec = views_lib.ViewSpec(augment=mode, image_size=16, num_views=2, blur=True,
+                              randaugment_layers=2, randaugment_magnitude=9)
+    encoded = tf.io.encode_png(_ramp_image(20, 24))
+    views = _in_dataset(lambda e, s: views_lib.example_views(e, s, spec), encoded, SEED)
+    assert views.shape == (2, 16, 16, 3)
+    batch = views_lib.batch_views(views[None], SEED, spec)
+    assert float(tf.reduce_min(batch)) >= 0.0 and float(tf.reduce_max(batch)) <= 1.0
+    assert not np.allclose(batch[0, 0].numpy(), batch[0, 1].numpy())
