@@ -1,0 +1,53 @@
+r"""Exports a trained supcon_tf workdir as TF Hub Reusable SavedModels.
+
+    python export_hub.py --workdir=W --export_dir=E [--checkpoint=PATH] [--overwrite]
+
+Reads W/config.json, restores the latest checkpoint in W/checkpoints (or
+--checkpoint) and, if stage two ran, the linear head in W/linear, then writes
+E/encoder, E/projection and E/classifier (see supcon_tf/export.py). Load them with
+
+    hub.KerasLayer("E/encoder", trainable=True)      # inside a tf_keras model
+    keras.layers.TFSMLayer("E/encoder")               # Keras 3
+    tf.saved_model.load("E/encoder")(images)          # images float32 [B, H, W, 3] in [0, 1]
+
+Fails with a one-line error and a nonzero exit code if W has no checkpoint, the
+checkpoint does not match W/config.json, or E exists and --overwrite is not given.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from supcon_tf import export
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (has config.json, checkpoints/).")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Directory to write the SavedModels into.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint to export; default: the latest in workdir/checkpoints."
+)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export_dir.")
+flags.mark_flags_as_required(["workdir", "export_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        info = export.export_from_workdir(
+            _WORKDIR.value, _EXPORT_DIR.value,
+            checkpoint=_CHECKPOINT.value, overwrite=_OVERWRITE.value,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        # One clear line instead of a traceback: these are all user-fixable.
+        print(f"export_hub.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    logging.info(
+        "Exported %s (classifier head: %s) to %s",
+        info["checkpoint"], info["classifier_head"], _EXPORT_DIR.value,
+    )
+    print(f"exported {', '.join(info['exports'])} to {_EXPORT_DIR.value}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
