@@ -1,0 +1,62 @@
+r"""Trains and evaluates Supervised Contrastive Learning from a config file.
+
+  python main.py --config=configs/digits.py --workdir=/tmp/supcon_digits
+  python main.py --config=configs/imagenet_r50.py --workdir=gs://bucket/run --tpu=my-tpu
+  python main.py --config=configs/digits.py:tiny --config.seed=1 --mode=train
+
+--workdir defaults to ./runs/<config file name>[_<arg>]. The same command resumes
+from the latest checkpoint there. Exit status 143 means SIGTERM arrived and a
+checkpoint was saved: run the command again to continue.
+"""
+
+import os
+import sys
+import time
+
+START_TIME = time.time()  # wall time in results.json counts start-up too
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from supcon_tf import strategy as strategy_lib  # noqa: E402
+from supcon_tf import train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/digits.py or configs/digits.py:tiny; "
+    "fields can be overridden with --config.FIELD=VALUE.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Checkpoints, summaries, config.json and results.json go here (local "
+    "or gs://). Default: ./runs/<config name>.")
+_TPU = flags.DEFINE_string(
+    "tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM. Unset: GPUs if any, "
+    "else the CPU; with TF_CONFIG set, multi-worker mirrored.")
+_MODE = flags.DEFINE_enum("mode", "train_then_eval", train.MODES,
+                          "train: stage one only; eval: linear stage on the latest checkpoint.")
+flags.mark_flag_as_required("config")
+
+
+def default_workdir(config_argument):
+    """./runs/imagenet_r50 for configs/imagenet_r50.py, ./runs/digits_tiny for ...:tiny."""
+    path, _, arg = config_argument.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{name}_{arg}" if arg else name)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = _WORKDIR.value or default_workdir(
+        config_flags.get_config_filename(flags.FLAGS["config"]))
+    if _TPU.value and _TPU.value != "local" and not workdir.startswith("gs://"):
+        logging.warning("a remote TPU cannot write to the local workdir %s; use gs://", workdir)
+    logging.info("workdir %s, mode %s", workdir, _MODE.value)
+    strategy = strategy_lib.make_strategy(_TPU.value)
+    try:
+        train.run(_CONFIG.value, workdir, strategy, _MODE.value, start_time=START_TIME)
+    except train.Preempted as preempted:
+        logging.warning("%s", preempted)
+        sys.exit(143)
+
+
+if __name__ == "__main__":
+    app.run(main)

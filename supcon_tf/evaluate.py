@@ -1,0 +1,116 @@
+"""Evaluation: top-k accuracy on a full split, embedding extraction, the linear probe.
+
+Stage two of the paper trains a linear classifier on the frozen encoder. Here the
+encoder runs once, in inference mode (BN on its moving statistics) and without
+augmentation, over the train and eval splits; the classifier then trains on those
+cached embeddings with its own optimizer and schedule (config.linear). For a frozen
+encoder without augmentation this is the same optimization as running the encoder in
+every step, only cheaper. The paper's ImageNet linear stage also used random crops;
+this one does not (a documented deviation). The final epoch is reported: nothing is
+selected on the eval split.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from supcon_tf import models, optim
+
+
+def topk_accuracy(labels, logits, k, mask=None):
+    """Fraction of rows whose label is among the k largest logits (ties count as hits).
+
+    labels int [N], logits [N, C], mask bool [N] (False rows, e.g. padding, are ignored).
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    logits = np.asarray(logits, np.float64)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        labels, logits = labels[mask], logits[mask]
+    if len(labels) == 0:
+        raise ValueError("topk_accuracy got no unmasked rows")
+    true_logit = logits[np.arange(len(labels)), labels]
+    rank = (logits > true_logit[:, None]).sum(axis=1)
+    return float(np.mean(rank < k))
+
+
+def extract_embeddings(embed_fn, eval_dataset, *, strategy=None):
+    """Runs embed_fn over a finite eval dataset and keeps the unmasked rows.
+
+    embed_fn maps images [b, H, W, 3] to a tensor [b, ...] or a dict of them; the
+    batches are {"image", "label", "mask"} as build_eval_dataset yields them.
+    With a strategy, eval_dataset must come from strategy.experimental_distribute_dataset
+    (or distribute_datasets_from_function): outputs are all-gathered across replicas, so
+    every host ends up with the whole split.
+
+    Returns (outputs as numpy, same structure as embed_fn's result, labels int64 [N]).
+    """
+    def replica_fn(batch):
+        # all_gather takes no bools, hence the int mask.
+        outputs = (embed_fn(batch["image"]), batch["label"], tf.cast(batch["mask"], tf.int32))
+        if strategy is None or strategy.num_replicas_in_sync == 1:
+            return outputs
+        context = tf.distribute.get_replica_context()
+        return tf.nest.map_structure(lambda t: context.all_gather(t, axis=0), outputs)
+
+    @tf.function
+    def step(batch):
+        if strategy is None:
+            return replica_fn(batch)
+        return tf.nest.map_structure(lambda t: strategy.experimental_local_results(t)[0],
+                                     strategy.run(replica_fn, args=(batch,)))
+
+    chunks, labels = [], []
+    for batch in eval_dataset:
+        outputs, batch_labels, mask = step(batch)
+        mask = mask.numpy().astype(bool)
+        chunks.append(tf.nest.map_structure(lambda t: t.numpy()[mask], outputs))
+        labels.append(batch_labels.numpy()[mask])
+    if not chunks:
+        raise ValueError("extract_embeddings got an empty dataset")
+    outputs = tf.nest.map_structure(lambda *parts: np.concatenate(parts), *chunks)
+    return outputs, np.concatenate(labels).astype(np.int64)
+
+
+def linear_probe(train_emb, train_labels, test_emb, test_labels, *, num_classes, optim_config,
+                 epochs, batch_size, seed=0, head=None):
+    """Trains a linear classifier on fixed embeddings and scores it on the test ones.
+
+    optim_config is a config.linear.optim slice (its lr scales with the batch size).
+    Pass `head` (a models.linear_head) to keep the trained classifier, e.g. to checkpoint it.
+    Returns {"top1", "top5", "train_top1"} of the final epoch.
+    """
+    train_emb = np.asarray(train_emb, np.float32)
+    test_emb = np.asarray(test_emb, np.float32)
+    num_train = len(train_emb)
+    batch_size = min(int(batch_size), num_train)
+    steps_per_epoch = num_train // batch_size
+    total_steps = int(epochs) * steps_per_epoch
+    if total_steps < 1:
+        raise ValueError(f"linear.epochs={epochs} gives no training steps")
+    head = head if head is not None else models.linear_head(num_classes)
+    head.build((None, train_emb.shape[-1]))
+    optimizer = optim.build_optimizer(optim_config, head.trainable_variables,
+                                      global_batch_size=batch_size,
+                                      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    dataset = (tf.data.Dataset.from_tensor_slices((train_emb, np.asarray(train_labels, np.int32)))
+               .shuffle(num_train, seed=seed, reshuffle_each_iteration=True)
+               .batch(batch_size, drop_remainder=True)
+               .repeat(int(epochs)))
+
+    @tf.function
+    def train(dataset):
+        for embeddings, labels in dataset:
+            with tf.GradientTape() as tape:
+                logits = head(embeddings)
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                    labels, logits, from_logits=True))
+            grads = tape.gradient(loss, head.trainable_variables)
+            optimizer.apply_gradients(zip(grads, head.trainable_variables))
+
+    train(dataset)
+    test_logits = head(test_emb).numpy()
+    train_logits = head(train_emb).numpy()
+    return {"top1": topk_accuracy(test_labels, test_logits, 1),
+            "top5": topk_accuracy(test_labels, test_logits, 5),
+            "train_top1": topk_accuracy(train_labels, train_logits, 1)}

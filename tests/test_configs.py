@@ -1,0 +1,128 @@
+"""Every config in configs/ loads, follows the team schema, and builds its model and optimizers."""
+
+import glob
+import importlib.util
+import os
+import re
+
+import pytest
+
+from supcon_tf import data, models, optim, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+SCHEMA = {
+    "": ["seed", "method"],
+    "data": ["name", "data_dir", "train_split", "eval_split", "image_size", "num_views", "augment",
+             "crop_area_min", "color_strength", "hflip", "blur", "randaugment_layers",
+             "randaugment_magnitude", "shuffle_buffer"],
+    "model": ["name", "width_multiplier", "cifar_stem", "sync_bn", "zero_init_last_bn",
+              "projection_dims", "projection_bn"],
+    "loss": ["temperature", "base_temperature", "variant", "contrast_mode", "block_size"],
+    "optim": ["name", "base_lr", "momentum", "weight_decay", "warmup_epochs", "schedule",
+              "decay_epochs", "decay_rate"],
+    "train": ["global_batch_size", "epochs", "steps_per_loop", "checkpoint_every_steps",
+              "keep_checkpoints", "log_every_steps", "jit_compile", "mixed_precision"],
+    "linear": ["epochs", "global_batch_size", "optim"],
+    "linear.optim": ["name", "base_lr", "momentum", "weight_decay", "warmup_epochs", "schedule",
+                     "decay_epochs", "decay_rate"],
+    "eval": ["batch_size"],
+}
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+
+
+def load(path, arg=None):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, module.get_config(arg)
+
+
+def section(config, dotted):
+    for part in filter(None, dotted.split(".")):
+        config = config[part]
+    return config
+
+
+def test_the_issue_lists_every_experiment():
+    names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
+    expected = {"imagenet_r50", "imagenet_r101", "imagenet_r200", "imagenet_r50_ce",
+                "imagenet_r50_simclr", "digits", "digits_ce"}
+    for dataset in ("cifar10", "cifar100"):
+        expected |= {f"{dataset}_r50", f"{dataset}_r50_ce", f"{dataset}_r50_simclr"}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_config_follows_schema_and_documents_itself(path):
+    module, config = load(path)
+    doc = module.__doc__
+    name = os.path.basename(path)
+    for heading in ("Paper row", "Command:", "Expected", "ardware"):
+        assert heading in doc, f"{name} docstring lacks {heading!r}"
+    assert f"python main.py --config=configs/{name}" in doc
+    for dotted, keys in SCHEMA.items():
+        missing = [k for k in keys if k not in section(config, dotted)]
+        assert not missing, f"{name}: config.{dotted} lacks {missing}"
+    assert config.method in train.METHODS
+    assert config.data.name in data.DATASETS
+    assert config.model.name in models.ENCODER_NAMES
+    assert config.optim.name in optim.OPTIMIZERS and config.linear.optim.name in optim.OPTIMIZERS
+    assert config.train.jit_compile in (True, False, "auto")
+    # The input pipeline's own validation of every augmentation field.
+    data.ViewSpec.from_data_config(config.data, jpeg=config.data.name == "imagenet2012")
+    assert config.train.global_batch_size % 8 == 0 or config.data.name == "digits"
+
+
+def test_paper_recipes():
+    """The numbers PAPER.md quotes from the official scripts."""
+    _, r50 = load(os.path.join(REPO, "configs", "imagenet_r50.py"))
+    assert (r50.train.global_batch_size, r50.data.augment, r50.optim.name) == (6144, "autoaugment", "lars")
+    assert (r50.optim.base_lr, r50.optim.weight_decay, r50.loss.temperature) == (0.4, 1e-3, 0.1)
+    assert (r50.train.epochs, r50.linear.epochs, r50.linear.optim.name) == (350, 90, "rmsprop")
+    _, r101 = load(os.path.join(REPO, "configs", "imagenet_r101.py"))
+    assert (r101.train.global_batch_size, r101.optim.base_lr, r101.optim.weight_decay) == (4096, 0.3, 1e-4)
+    _, r200 = load(os.path.join(REPO, "configs", "imagenet_r200.py"))
+    assert (r200.data.augment, r200.optim.base_lr, r200.train.epochs) == ("stacked_randaugment", 0.2, 700)
+    for dataset in ("cifar10", "cifar100"):
+        _, cifar = load(os.path.join(REPO, "configs", f"{dataset}_r50.py"))
+        assert cifar.model.cifar_stem and cifar.train.global_batch_size == 1024
+        assert (cifar.loss.temperature, cifar.train.epochs) == (0.1, 1000)
+
+
+def distinct_model_slices():
+    seen = {}
+    for path in CONFIG_FILES:
+        _, config = load(path)
+        key = repr(sorted(config.model.items()))
+        seen.setdefault(key, (os.path.basename(path), config))
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("name,config", distinct_model_slices(), ids=lambda v: v if isinstance(v, str) else "")
+def test_model_and_optimizers_build(name, config):
+    # Real depth and width; a small image keeps this quick (the stem bounds it below by 32).
+    image_size = min(config.data.image_size, 32)
+    model = models.build_model(config.model, num_classes=NUM_CLASSES[config.data.name],
+                               image_size=image_size)
+    assert model.encoder.output_shape[-1] > 0
+    variables = model.trainable_variables
+    optimizer = optim.build_optimizer(config.optim, variables,
+                                      global_batch_size=config.train.global_batch_size,
+                                      steps_per_epoch=10, total_steps=10 * config.train.epochs)
+    assert optimizer.iterations.numpy() == 0
+    head = models.linear_head(NUM_CLASSES[config.data.name])
+    head.build((None, model.encoder.output_shape[-1]))
+    optim.build_optimizer(config.linear.optim, head.trainable_variables,
+                          global_batch_size=config.linear.global_batch_size,
+                          steps_per_epoch=10, total_steps=10 * config.linear.epochs)
+
+
+@pytest.mark.parametrize("name", ["digits.py", "digits_ce.py"])
+def test_tiny_variants(name):
+    _, real = load(os.path.join(REPO, "configs", name))
+    _, tiny = load(os.path.join(REPO, "configs", name), "tiny")
+    assert tiny.method == real.method
+    assert tiny.train.epochs <= real.train.epochs and tiny.data.image_size <= real.data.image_size
+    with pytest.raises(ValueError, match=re.escape(name)):
+        load(os.path.join(REPO, "configs", name), "huge")

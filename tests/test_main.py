@@ -1,0 +1,43 @@
+"""main.py end to end, as a user runs it, on the tiny digits config."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_main_trains_evaluates_and_writes_results(tmp_path):
+    workdir = tmp_path / "run"
+    command = [sys.executable, "main.py", "--config=configs/digits.py:tiny",
+               f"--workdir={workdir}", "--config.seed=1"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads((workdir / "results.json").read_text())
+    assert {"method", "top1", "top5", "steps", "wall_s"} <= results.keys()
+    assert results["method"] == "supcon" and results["seed"] == 1
+    assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+    assert results["steps"] > 0 and results["wall_s"] > 0
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["num_classes"] == 10 and config["seed"] == 1
+    assert os.listdir(workdir / "checkpoints") and os.listdir(workdir / "linear")
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "train"))
+
+    # Running the same command again resumes at the end and only re-evaluates.
+    again = subprocess.run(command + ["--mode=eval"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((workdir / "results.json").read_text())["steps"] == results["steps"]
+
+
+def test_default_workdir_follows_the_config_name():
+    sys.path.insert(0, REPO)
+    try:
+        import main
+    finally:
+        sys.path.remove(REPO)
+    assert main.default_workdir("configs/imagenet_r50.py") == os.path.join("runs", "imagenet_r50")
+    assert main.default_workdir("configs/digits.py:tiny") == os.path.join("runs", "digits_tiny")

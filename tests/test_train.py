@@ -1,0 +1,228 @@
+"""The training loop, the methods, resume, SIGTERM, non-finite stops and evaluation helpers."""
+
+import importlib.util
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import cpu_devices
+
+from supcon_tf import evaluate, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 10
+
+
+def tiny_config(method="supcon", **train_overrides):
+    spec = importlib.util.spec_from_file_location(
+        "digits_config", os.path.join(REPO, "configs", "digits.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("tiny")
+    config.method = method
+    config.train.update(train_overrides)
+    return config
+
+
+def synthetic_iterator(strategy, config, seed=0):
+    """A fixed global batch, repeated; replica i gets rows [i * b, (i + 1) * b)."""
+    rng = np.random.default_rng(seed)
+    size, views = config.data.image_size, config.data.num_views
+    global_batch = config.train.global_batch_size
+    batch = {"views": rng.uniform(size=(global_batch, views, size, size, 3)).astype(np.float32),
+             "label": rng.integers(0, NUM_CLASSES, size=global_batch).astype(np.int32)}
+
+    def dataset_fn(context):
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        return tf.data.Dataset.from_tensor_slices(batch).batch(
+            per_replica, drop_remainder=True).repeat()
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def stage_one(config, strategy, jit_compile=False, num_train_examples=1024):
+    model, optimizer, _, _ = train.build_stage_one(
+        config, strategy, num_classes=NUM_CLASSES, num_train_examples=num_train_examples)
+    step = train.make_replica_step(config, model, optimizer, strategy.num_replicas_in_sync)
+    return model, optimizer, train.make_train_loop(strategy, step, jit_compile)
+
+
+@pytest.fixture(scope="module")
+def four_replicas():
+    # One instance for the module: separate MirroredStrategy objects in one process
+    # reuse collective instance keys and abort each other's all-reduces.
+    return tf.distribute.MirroredStrategy(cpu_devices(4))
+
+
+def run_steps(config, strategy, jit_compile=False):
+    """One step, then three: returns (model, optimizer, loop, iterator, first-step metrics)."""
+    model, optimizer, loop = stage_one(config, strategy, jit_compile=jit_compile,
+                                       num_train_examples=100 * config.train.global_batch_size)
+    iterator = synthetic_iterator(strategy, config)
+    first = loop(iterator, tf.constant(1))
+    assert int(optimizer.iterations.numpy()) == 1
+    few = loop(iterator, tf.constant(3))
+    assert int(optimizer.iterations.numpy()) == 4
+    for metrics in (first, few):
+        assert float(metrics["finite"]) == 1.0
+        assert np.isfinite(float(metrics["loss"]))
+    return model, optimizer, loop, iterator, first
+
+
+@pytest.mark.parametrize("method", ["supcon", "simclr", "ce"])
+def test_one_replica_steps_and_loss_goes_down_on_a_fixed_batch(method):
+    config = tiny_config(method, global_batch_size=16)
+    config.optim.warmup_epochs = 0
+    model, _, loop, iterator, first = run_steps(config, tf.distribute.get_strategy())
+    loop(iterator, tf.constant(20))
+    last = float(loop(iterator, tf.constant(1))["loss"])
+    assert last < 0.8 * float(first["loss"])
+    if method == "ce":  # ce never trains the projection head
+        trained = {id(v) for v in train.trained_variables(model, method)}
+        assert not trained & {id(v) for v in model.projection_head.variables}
+
+
+@pytest.mark.parametrize("method", ["simclr", "ce"])
+def test_four_replica_steps(method, four_replicas):
+    config = tiny_config(method, global_batch_size=16)
+    model, _, _, _, _ = run_steps(config, four_replicas)
+    for variable in model.trainable_variables:
+        assert np.all(np.isfinite(variable.numpy()))
+
+
+def test_four_replicas_take_the_one_device_step_on_the_global_batch(four_replicas):
+    """With synchronized BN, 4 replicas match one device holding the global batch, step by step."""
+    config = tiny_config("supcon", global_batch_size=16)
+    config.model.sync_bn = True
+    results = []
+    for strategy in (tf.distribute.get_strategy(), four_replicas):
+        model, _, _, _, first = run_steps(config, strategy)
+        results.append((float(first["loss"]), [v.numpy() for v in model.trainable_variables]))
+    (loss_one, weights_one), (loss_four, weights_four) = results
+    assert loss_four == pytest.approx(loss_one, rel=1e-5)
+    for one, four in zip(weights_one, weights_four):
+        np.testing.assert_allclose(four, one, rtol=1e-3, atol=1e-5)
+
+
+def test_whole_train_step_compiles_with_xla():
+    """TPU-readiness: model, SupCon loss, gradient and LARS update under jit_compile=True."""
+    config = tiny_config("supcon", global_batch_size=16)
+    config.optim.name = "lars"
+    run_steps(config, tf.distribute.get_strategy(), jit_compile=True)
+
+
+def final_weights(workdir):
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("model/")}
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    config = tiny_config("supcon")
+    strategy = tf.distribute.get_strategy()
+    sizes = dict(num_classes=NUM_CLASSES, num_train_examples=1437)
+    straight = str(tmp_path / "straight")
+    _, steps = train.train(config, straight, strategy, **sizes)
+
+    resumed = str(tmp_path / "resumed")
+    real_make_train_loop = train.make_train_loop
+
+    def loop_that_gets_sigterm(*args):
+        loop = real_make_train_loop(*args)
+
+        def first_call_then_sigterm(iterator, num_steps):
+            metrics = loop(iterator, num_steps)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return metrics
+        return first_call_then_sigterm
+
+    monkeypatch.setattr(train, "make_train_loop", loop_that_gets_sigterm)
+    with pytest.raises(train.Preempted):
+        train.train(config, resumed, strategy, **sizes)
+    saved = tf.train.latest_checkpoint(os.path.join(resumed, "checkpoints"))
+    assert saved.endswith(f"ckpt-{config.train.steps_per_loop}")
+    monkeypatch.setattr(train, "make_train_loop", real_make_train_loop)
+    _, resumed_steps = train.train(config, resumed, strategy, **sizes)
+
+    assert resumed_steps == steps == 1437 // config.train.global_batch_size
+    expected, actual = final_weights(straight), final_weights(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_non_finite_loss_stops_without_saving(tmp_path, monkeypatch):
+    config = tiny_config("supcon")
+    monkeypatch.setattr(train, "supcon_loss",
+                        lambda features, *args, **kwargs: tf.reduce_sum(features) * np.nan)
+    with pytest.raises(FloatingPointError, match=r"steps 1\.\.2"):
+        train.train(config, str(tmp_path), tf.distribute.get_strategy(),
+                    num_classes=NUM_CLASSES, num_train_examples=1437)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
+
+
+def test_topk_accuracy_counts_by_hand():
+    logits = np.array([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [1, 0, 0]])
+    labels = np.array([2, 0, 0, 1])
+    assert evaluate.topk_accuracy(labels, logits, 1) == 0.25
+    assert evaluate.topk_accuracy(labels, logits, 2) == 0.75  # row 3 ties for second place
+    assert evaluate.topk_accuracy(labels, logits, 3) == 1.0
+    mask = np.array([True, True, False, False])
+    assert evaluate.topk_accuracy(labels, logits, 1, mask=mask) == 0.5
+
+
+@pytest.mark.parametrize("replicas", [1, 4])
+def test_extract_embeddings_drops_padding_and_keeps_every_row(replicas):
+    images = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 2, 2, 3), np.float32)
+    batches = []
+    for start in range(0, 10, 8):  # two padded batches of 8, like build_eval_dataset
+        chunk = images[start:start + 8]
+        valid = len(chunk)
+        batches.append({"image": np.concatenate([chunk, np.zeros((8 - valid, 2, 2, 3), np.float32)]),
+                        "label": np.arange(start, start + 8, dtype=np.int32),
+                        "mask": np.arange(8) < valid})
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([b[k] for b in batches]) for k in batches[0]})
+    strategy = (tf.distribute.get_strategy() if replicas == 1
+                else tf.distribute.MirroredStrategy(cpu_devices(replicas)))
+    embed = lambda x: tf.reduce_mean(x, axis=[1, 2])  # noqa: E731
+    if replicas > 1:
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    outputs, labels = evaluate.extract_embeddings(
+        embed, dataset, strategy=strategy if replicas > 1 else None)
+    np.testing.assert_array_equal(np.sort(labels), np.arange(10))
+    np.testing.assert_allclose(outputs[:, 0], labels.astype(np.float32))
+
+
+def test_linear_probe_separates_separable_embeddings():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(NUM_CLASSES, 16)) * 3
+    train_labels = rng.integers(0, NUM_CLASSES, 500)
+    test_labels = rng.integers(0, NUM_CLASSES, 200)
+    train_emb = centers[train_labels] + rng.normal(size=(500, 16)) * 0.1
+    test_emb = centers[test_labels] + rng.normal(size=(200, 16)) * 0.1
+    config = tiny_config().linear
+    result = evaluate.linear_probe(train_emb, train_labels, test_emb, test_labels,
+                                   num_classes=NUM_CLASSES, optim_config=config.optim,
+                                   epochs=20, batch_size=64)
+    assert result["top1"] == 1.0 and result["top5"] == 1.0
+    shuffled = evaluate.linear_probe(train_emb, rng.permutation(train_labels), test_emb,
+                                     test_labels, num_classes=NUM_CLASSES,
+                                     optim_config=config.optim, epochs=20, batch_size=64)
+    assert shuffled["top1"] < 0.5  # labels that carry no signal give chance-level accuracy
+
+
+def test_run_writes_config_and_results(tmp_path):
+    config = tiny_config("ce")
+    results = train.run(config, str(tmp_path), tf.distribute.get_strategy())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == results
+    assert {"method", "top1", "top5", "steps", "wall_s"} <= saved.keys()
+    assert saved["method"] == "ce" and saved["steps"] == 1437 // config.train.global_batch_size
+    assert 0.0 <= saved["top1"] <= saved["top5"] <= 1.0
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["num_classes"] == NUM_CLASSES and written["method"] == "ce"
