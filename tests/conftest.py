@@ -24,3 +24,19 @@ def cpu_devices(n):
     if n > NUM_LOGICAL_CPUS:
         raise ValueError(f"asked for {n} devices; conftest made {NUM_LOGICAL_CPUS}")
     return [f"/cpu:{i}" for i in range(n)]
+
+
+_strategies = {}
+
+
+def mirrored_strategy(num_replicas):
+    """The process's MirroredStrategy over the first num_replicas logical CPUs.
+
+    Strategies are cached, and each new one gets its own range of collective
+    keys: two strategies that start from the same keys in one process abort
+    each other's collectives ("Shape mismatch in the collective instance").
+    """
+    if num_replicas not in _strategies:
+        tf.distribute.MirroredStrategy._collective_key_base = 100_000 * (len(_strategies) + 1)
+        _strategies[num_replicas] = tf.distribute.MirroredStrategy(cpu_devices(num_replicas))
+    return _strategies[num_replicas]

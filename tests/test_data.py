@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import cpu_devices
+from conftest import mirrored_strategy
 
 from supcon_tf import data
 from supcon_tf.data import datasets as datasets_lib
@@ -116,7 +116,7 @@ def test_input_context_shards_hosts_and_sets_per_replica_batch(data_dir, full_ev
 
 
 def test_distribute_datasets_from_function_gives_per_replica_batches(data_dir):
-    strategy = tf.distribute.MirroredStrategy(cpu_devices(2))
+    strategy = mirrored_strategy(2)
     config = _config(data_dir)
     dataset = strategy.distribute_datasets_from_function(
         lambda context: data.build_train_dataset(config, global_batch_size=8, seed=0,

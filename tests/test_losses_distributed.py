@@ -10,7 +10,7 @@ gradient for those rows.
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cpu_devices
+from conftest import mirrored_strategy
 
 from supcon_tf.losses import supcon_loss
 
@@ -20,7 +20,7 @@ PER_REPLICA_BATCH = 3
 
 @pytest.fixture(scope="module")
 def strategy():
-    return tf.distribute.MirroredStrategy(cpu_devices(NUM_REPLICAS))
+    return mirrored_strategy(NUM_REPLICAS)
 
 
 def shard(strategy, array):

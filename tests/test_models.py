@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cpu_devices
+from conftest import mirrored_strategy
 
 from supcon_tf import models
 from supcon_tf.models import resnet as resnet_lib
@@ -167,7 +167,7 @@ def test_batch_norm_training_and_inference():
 
 
 def test_sync_bn_matches_one_device_with_the_global_batch():
-    strategy = tf.distribute.MirroredStrategy(cpu_devices(2))
+    strategy = mirrored_strategy(2)
     with strategy.scope():
         synced = _small_resnet(sync_bn=True, zero_init_last_bn=False)
     reference = _small_resnet(zero_init_last_bn=False)

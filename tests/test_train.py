@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cpu_devices
+from conftest import mirrored_strategy
 
 from supcon_tf import evaluate, train
 
@@ -52,9 +52,7 @@ def stage_one(config, strategy, jit_compile=False, num_train_examples=1024):
 
 @pytest.fixture(scope="module")
 def four_replicas():
-    # One instance for the module: separate MirroredStrategy objects in one process
-    # reuse collective instance keys and abort each other's all-reduces.
-    return tf.distribute.MirroredStrategy(cpu_devices(4))
+    return mirrored_strategy(4)
 
 
 def run_steps(config, strategy, jit_compile=False):
@@ -188,7 +186,7 @@ def test_extract_embeddings_drops_padding_and_keeps_every_row(replicas):
     dataset = tf.data.Dataset.from_tensor_slices(
         {k: np.stack([b[k] for b in batches]) for k in batches[0]})
     strategy = (tf.distribute.get_strategy() if replicas == 1
-                else tf.distribute.MirroredStrategy(cpu_devices(replicas)))
+                else mirrored_strategy(replicas))
     embed = lambda x: tf.reduce_mean(x, axis=[1, 2])  # noqa: E731
     if replicas > 1:
         dataset = strategy.experimental_distribute_dataset(dataset)
