@@ -18,6 +18,7 @@ START_TIME = time.time()  # wall time in results.json counts start-up too
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from supcon_tf import config_validation  # noqa: E402
 from supcon_tf import strategy as strategy_lib  # noqa: E402
 from supcon_tf import train  # noqa: E402
 
@@ -52,10 +53,19 @@ def main(argv):
     logging.info("workdir %s, mode %s", workdir, _MODE.value)
     strategy = strategy_lib.make_strategy(_TPU.value)
     try:
+        config_validation.validate(_CONFIG.value, num_replicas=strategy.num_replicas_in_sync,
+                                   workdir=workdir)
+    except config_validation.ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    try:
         train.run(_CONFIG.value, workdir, strategy, _MODE.value, start_time=START_TIME)
     except train.Preempted as preempted:
         logging.warning("%s", preempted)
         sys.exit(143)
+    except FloatingPointError as error:  # the non-finite guard: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -124,10 +124,13 @@ def make_replica_step(config, model, optimizer, num_replicas):
         raise ValueError(f"method={method!r}; use one of {METHODS}")
     variables = trained_variables(model, method)
     loss_config = config.loss
+    batch_size = config.train.global_batch_size // num_replicas
 
     def replica_step(batch):
-        views, labels = batch["views"], batch["label"]
-        batch_size, num_views = views.shape[0], views.shape[1]
+        # Multi-worker input arrives without a static batch size; reshapes and XLA need one.
+        views = tf.ensure_shape(batch["views"], [batch_size] + batch["views"].shape[1:].as_list())
+        labels = tf.ensure_shape(batch["label"], [batch_size])
+        num_views = views.shape[1]
         images = tf.reshape(views, [batch_size * num_views] + views.shape[2:].as_list())
         # Sample-major, like the views: row b * V + v is view v of sample b.
         view_labels = tf.repeat(labels, num_views)
