@@ -26,7 +26,8 @@ def get_config(arg=None):
     # --- data (the PyTorch reference's crops 0.2-1, flips, jitter 0.4)
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"
-    config.data.data_dir = None  # where `tfds build` put it; gs:// works
+    # where `tfds build` put it; gs:// works. A typed None, so --config.data.data_dir=DIR works.
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)
     config.data.train_split = "train"
     config.data.eval_split = "test"
     config.data.image_size = 32
@@ -53,10 +54,10 @@ def get_config(arg=None):
     # --- loss
     config.loss = ml_collections.ConfigDict()
     config.loss.temperature = 0.1
-    config.loss.base_temperature = None
+    config.loss.base_temperature = ml_collections.config_dict.placeholder(float)
     config.loss.variant = "out"
     config.loss.contrast_mode = "all"
-    config.loss.block_size = None
+    config.loss.block_size = ml_collections.config_dict.placeholder(int)
 
     # --- optimizer (stage one); lr = base_lr * global_batch / 256
     config.optim = ml_collections.ConfigDict()
@@ -78,7 +79,7 @@ def get_config(arg=None):
     config.train.keep_checkpoints = 3
     config.train.log_every_steps = 50
     config.train.jit_compile = "auto"
-    config.train.mixed_precision = None
+    config.train.mixed_precision = ml_collections.config_dict.placeholder(str)
 
     # --- linear stage: SGD for 100 epochs on the frozen encoder
     config.linear = ml_collections.ConfigDict()

@@ -28,7 +28,8 @@ def get_config(arg=None):
     # --- data (records read per host; see `tfds build imagenet2012 --manual_dir=...`)
     config.data = ml_collections.ConfigDict()
     config.data.name = "imagenet2012"
-    config.data.data_dir = None  # where `tfds build` put it; gs:// works
+    # where `tfds build` put it; gs:// works. A typed None, so --config.data.data_dir=DIR works.
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)
     config.data.train_split = "train"
     config.data.eval_split = "validation"
     config.data.image_size = 224
@@ -55,10 +56,10 @@ def get_config(arg=None):
     # --- loss
     config.loss = ml_collections.ConfigDict()
     config.loss.temperature = 0.1
-    config.loss.base_temperature = None
+    config.loss.base_temperature = ml_collections.config_dict.placeholder(float)
     config.loss.variant = "out"
     config.loss.contrast_mode = "all"
-    config.loss.block_size = None
+    config.loss.block_size = ml_collections.config_dict.placeholder(int)
 
     # --- optimizer (stage one); lr = base_lr * global_batch / 256
     config.optim = ml_collections.ConfigDict()

@@ -6,6 +6,8 @@ import os
 import re
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from supcon_tf import data, models, optim, train
 
@@ -27,6 +29,13 @@ SCHEMA = {
     "linear.optim": ["name", "base_lr", "momentum", "weight_decay", "warmup_epochs", "schedule",
                      "decay_epochs", "decay_rate"],
     "eval": ["batch_size"],
+}
+# Fields whose default is None in some config: typed placeholders, so main.py can set them.
+NONE_DEFAULT_OVERRIDES = {
+    "data.data_dir": ("gs://bucket/tensorflow_datasets", "gs://bucket/tensorflow_datasets"),
+    "loss.block_size": ("512", 512),
+    "loss.base_temperature": ("0.07", 0.07),
+    "train.mixed_precision": ("mixed_float16", "mixed_float16"),
 }
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 
@@ -72,6 +81,22 @@ def test_config_follows_schema_and_documents_itself(path):
     # The input pipeline's own validation of every augmentation field.
     data.ViewSpec.from_data_config(config.data, jpeg=config.data.name == "imagenet2012")
     assert config.train.global_batch_size % 8 == 0 or config.data.name == "digits"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_none_defaults_can_be_overridden_on_the_command_line(path):
+    """As main.py parses them: --config.data.data_dir=gs://... and the like."""
+    _, default = load(path)
+    argv = ["main.py", f"--config={path}"]
+    argv += [f"--config.{field}={text}" for field, (text, _) in NONE_DEFAULT_OVERRIDES.items()]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    for field, (_, value) in NONE_DEFAULT_OVERRIDES.items():
+        assert section(default, field) in (None, "mixed_bfloat16")
+        assert section(config, field) == value and type(section(config, field)) is type(value)
 
 
 def test_paper_recipes():
