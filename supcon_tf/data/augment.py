@@ -293,13 +293,6 @@ def random_grayscale(images, seed, probability=0.2):
         images, grayscale_transforms(tf.shape(images)[0], seed, probability))
 
 
-def _apply_to_rows(images, selected, fn):
-    """fn(images[selected], their indices) written back into images; fn sees only those rows."""
-    rows = tf.where(selected)
-    updated = fn(tf.gather_nd(images, rows), rows[:, 0])
-    return tf.tensor_scatter_nd_update(images, rows, updated)
-
-
 def gaussian_kernels(sigma, radius=BLUR_RADIUS):
     """Normalized 1-D Gaussian kernels [n, 2 * radius + 1] for sigma [n]."""
     taps = tf.range(-radius, radius + 1, dtype=tf.float32)
@@ -307,23 +300,45 @@ def gaussian_kernels(sigma, radius=BLUR_RADIUS):
     return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
 
 
+def _vertical_blur(images, kernels):
+    """images [n, H, W, C] convolved along H with kernels [n, taps] (one per image), reflect padding.
+
+    Written as a sum of shifted row slices of the [n, H + 2 r, W * C] padded image,
+    each scaled by a tap broadcast to a whole row: under XLA this fuses into one
+    vectorized pass (broadcasting the scalar tap per element vectorizes poorly).
+    """
+    shape = tf.shape(images)
+    n, height, row = shape[0], shape[1], shape[2] * shape[3]
+    padded = tf.pad(images, [[0, 0], [BLUR_RADIUS, BLUR_RADIUS], [0, 0], [0, 0]], mode="REFLECT")
+    padded = tf.reshape(padded, tf.stack([n, height + 2 * BLUR_RADIUS, row]))
+    taps = tf.broadcast_to(kernels[:, :, None], tf.stack([n, 2 * BLUR_RADIUS + 1, row]))
+    out = taps[:, 0:1] * padded[:, 0:height]
+    for tap in range(1, 2 * BLUR_RADIUS + 1):
+        out += taps[:, tap:tap + 1] * padded[:, tap:tap + height]
+    return tf.reshape(out, shape)
+
+
 def _blur(images, sigma):
     """Separable Gaussian blur of [m, H, W, 3] with one sigma [m] per image, reflect padding.
 
-    The m images go into the channel axis of one image so that a single depthwise
-    convolution applies a different kernel to each of them.
+    Both passes run along the rows; the image is transposed in between and back.
     """
-    m, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-    stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, height, width, m * 3])
-    kernels = tf.repeat(gaussian_kernels(sigma), 3, axis=0)          # [m * 3, taps]
-    taps = 2 * BLUR_RADIUS + 1
-    pad = BLUR_RADIUS
-    stacked = tf.pad(stacked, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    vertical = tf.reshape(tf.transpose(kernels), [taps, 1, m * 3, 1])
-    horizontal = tf.reshape(tf.transpose(kernels), [1, taps, m * 3, 1])
-    stacked = tf.nn.depthwise_conv2d(stacked, vertical, [1, 1, 1, 1], "VALID")
-    stacked = tf.nn.depthwise_conv2d(stacked, horizontal, [1, 1, 1, 1], "VALID")
-    return tf.transpose(tf.reshape(stacked, [height, width, m, 3]), [2, 0, 1, 3])
+    kernels = gaussian_kernels(sigma)
+    vertical = _vertical_blur(images, kernels)
+    horizontal = _vertical_blur(tf.transpose(vertical, [0, 2, 1, 3]), kernels)
+    return tf.transpose(horizontal, [0, 2, 1, 3])
+
+
+def _blur_selected(images, selected, sigma):
+    """_blur of the images where selected [n], the others unchanged (bit-exact)."""
+    return tf.where(selected[:, None, None, None], _blur(images, sigma), images)
+
+
+# Compiled like the colour pass: XLA fuses each blur pass into one loop over the
+# pixels, where TF ops (or a depthwise convolution over the images stacked into
+# channels, plus their gather / scatter) take several times longer on the CPU.
+# Blurring every image and selecting costs less than gathering the selected ones.
+_fused_blur_selected = tf.function(_blur_selected, jit_compile=True)
 
 
 def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_RANGE):
@@ -336,11 +351,9 @@ def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_R
     selected = tf.random.stateless_uniform([n], fold_seed(seed, 0)) < probability
     sigma = tf.random.stateless_uniform([n], fold_seed(seed, 1),
                                         minval=sigma_range[0], maxval=sigma_range[1])
-    return tf.cond(
-        tf.reduce_any(selected),
-        lambda: _apply_to_rows(images, selected,
-                               lambda rows, index: _blur(rows, tf.gather(sigma, index))),
-        lambda: images)
+    return tf.cond(tf.reduce_any(selected),
+                   lambda: _fused_blur_selected(images, selected, sigma),
+                   lambda: images)
 
 
 # ---------------------------------------------------------------------------- op policies
