@@ -6,12 +6,14 @@ want one device simply use the default strategy (it places work on /cpu:0).
 """
 
 import os
+import runpy
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
 NUM_LOGICAL_CPUS = 8
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
@@ -40,3 +42,8 @@ def mirrored_strategy(num_replicas):
         tf.distribute.MirroredStrategy._collective_key_base = 100_000 * (len(_strategies) + 1)
         _strategies[num_replicas] = tf.distribute.MirroredStrategy(cpu_devices(num_replicas))
     return _strategies[num_replicas]
+
+
+def load_config(filename, arg=None):
+    """get_config(arg) of configs/<filename>, loaded by path as main.py's --config does."""
+    return runpy.run_path(os.path.join(REPO, "configs", filename))["get_config"](arg)

@@ -8,18 +8,15 @@ the narrowest ResNet-18 costs minutes of CPU here, and synchronized BN across
 replicas is tested with the models.
 """
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import mirrored_strategy
+from conftest import load_config, mirrored_strategy
 
 from supcon_tf import train
 from supcon_tf.losses import supcon_loss
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REPLICAS = 8
 PER_REPLICA_BATCH = 2
 GLOBAL_BATCH = NUM_REPLICAS * PER_REPLICA_BATCH
@@ -78,11 +75,7 @@ def test_loss_and_gradient_on_8_replicas_match_one_device(strategy, use_labels, 
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("digits_config",
-                                                  os.path.join(REPO, "configs", "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+    config = load_config("digits.py", "tiny")
     config.model.name = "vit_tiny"
     config.model.cifar_stem, config.model.width_multiplier = False, 1.0  # ViTs take neither
     config.optim.name = "lars"  # the optimizer of the paper's pod runs

@@ -1,6 +1,5 @@
 """The training loop, the methods, resume, SIGTERM, non-finite stops and evaluation helpers."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -8,20 +7,15 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import mirrored_strategy
+from conftest import load_config, mirrored_strategy
 
 from supcon_tf import evaluate, train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 10
 
 
 def tiny_config(method="supcon", **train_overrides):
-    spec = importlib.util.spec_from_file_location(
-        "digits_config", os.path.join(REPO, "configs", "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+    config = load_config("digits.py", "tiny")
     config.method = method
     config.train.update(train_overrides)
     return config

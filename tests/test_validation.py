@@ -6,12 +6,13 @@ the error line on stderr, with exit status 2 and no traceback; those runs start
 in parallel since each pays for a TensorFlow import.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
+
+from conftest import load_config
 
 from supcon_tf import config_validation
 from supcon_tf.config_validation import ConfigError
@@ -22,11 +23,7 @@ MAIN_TIMEOUT_S = 240
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("digits_config",
-                                                  os.path.join(REPO, "configs", "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("tiny")
+    return load_config("digits.py", "tiny")
 
 
 def unwritable_workdir(tmp_path):

@@ -25,7 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from supcon_tf.data import augment
-from supcon_tf.data import digits as digits_lib
+from supcon_tf.data import digits  # noqa: F401  (registers the embedded 'digits' builder with TFDS)
 from supcon_tf.data import views as views_lib
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012")
