@@ -56,6 +56,9 @@ def resolve_jit_compile(setting, strategy):
     Under (Multi)MirroredStrategy, XLA can compile neither the cross-replica
     gather nor the update of mirrored optimizer variables, so True is refused.
     """
+    # A --config.train.jit_compile=... override arrives as a string: the field holds "auto".
+    if isinstance(setting, str):
+        setting = {"true": True, "false": False}.get(setting.lower(), setting)
     if setting not in (True, False, "auto"):
         raise ValueError(f"train.jit_compile={setting!r}; use True, False or 'auto'")
     if is_tpu(strategy):

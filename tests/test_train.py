@@ -10,6 +10,7 @@ import tensorflow as tf
 from conftest import load_config, mirrored_strategy
 
 from supcon_tf import evaluate, train
+from supcon_tf import strategy as strategy_lib
 
 NUM_CLASSES = 10
 
@@ -218,3 +219,14 @@ def test_run_writes_config_and_results(tmp_path):
     assert 0.0 <= saved["top1"] <= saved["top5"] <= 1.0
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["num_classes"] == NUM_CLASSES and written["method"] == "ce"
+
+
+@pytest.mark.parametrize("setting, expected", [(True, True), ("True", True), ("false", False),
+                                               (False, False)])
+def test_jit_compile_setting_accepts_command_line_strings(setting, expected):
+    assert strategy_lib.resolve_jit_compile(setting, tf.distribute.get_strategy()) is expected
+
+
+def test_jit_compile_setting_rejects_unknown_values():
+    with pytest.raises(ValueError, match="train.jit_compile"):
+        strategy_lib.resolve_jit_compile("sometimes", tf.distribute.get_strategy())
