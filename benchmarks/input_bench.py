@@ -7,8 +7,8 @@ same records, one after the other:
 
   decode_only  decode_jpeg + resize to 224, parallel map, batch, prefetch
   simaugment   the training pipeline of supcon_tf.data (decode once with
-               decode_and_crop_jpeg, 2 random resized crops + flips per image,
-               then colour jitter, grayscale and blur vectorized per batch)
+               decode_and_crop_jpeg, 2 random resized crops per image, then
+               flips, colour jitter, grayscale and blur as one XLA program per batch)
 
 images/s counts source images (each gives 2 views in the SimAugment pipeline).
 The pipelines are timed in alternation over several rounds and each figure is

@@ -13,9 +13,10 @@ import os
 import tensorflow as tf
 from absl import logging
 
-# Measured with benchmarks/step_bench.py on the digits encoder (2-core CPU): the SupCon
-# step took 1.73 s with XLA and 1.05 s without, as DESIGN.md found for ResNet-50, so
-# "auto" leaves XLA off on a single CPU.
+# On one CPU XLA can help or hurt: a ResNet-50 step at 224 ran slower with it (DESIGN.md),
+# while the small digits encoder's step ran 1.24x faster on idle cores
+# (benchmarks/step_bench.py). So "auto" leaves XLA off on a CPU, and configs that
+# measured a gain, like configs/digits.py, set train.jit_compile=True.
 CPU_JIT_DEFAULT = False
 
 

@@ -42,23 +42,25 @@ def test_crop_windows_follow_area_and_aspect_ranges():
     assert areas.std() > 0.1  # really random, not a fixed crop
 
 
-def test_crop_and_resize_is_exact_slice_and_flip():
+def test_resized_crops_are_exact_slices_at_their_own_size():
     image = _ramp_image(20, 30)
-    window = tf.constant([[3, 5, 12, 12], [3, 5, 12, 12]])
-    views = augment.crop_and_resize(image, window, 12, flip=tf.constant([False, True])).numpy()
-    expected = image[3:15, 5:17].astype(np.float32)
-    np.testing.assert_allclose(views[0], expected, atol=1e-3)
-    np.testing.assert_allclose(views[1], expected[:, ::-1], atol=1e-3)
+    windows = tf.constant([[3, 5, 12, 12], [0, 10, 12, 12]])
+    views = augment.resized_crops(image, windows, 12).numpy()
+    np.testing.assert_array_equal(views[0], image[3:15, 5:17].astype(np.float32))
+    np.testing.assert_array_equal(views[1], image[0:12, 10:22].astype(np.float32))
+    upscaled = augment.resized_crops(image, windows[:1], 24).numpy()[0]
+    expected = tf.image.resize(image[3:15, 5:17], [24, 24]).numpy()
+    np.testing.assert_allclose(upscaled, expected, atol=1e-4)
 
 
 def test_jpeg_partial_decode_matches_full_decode_then_crop():
     image = _ramp_image(64, 96)
     encoded = tf.io.encode_jpeg(image, quality=95)
     decoded = tf.io.decode_jpeg(encoded, channels=3)
-    options = dict(num_views=3, size=16, area_range=(0.08, 1.0), hflip=True)
+    options = dict(num_views=3, size=16, area_range=(0.08, 1.0))
     from_jpeg = augment.decode_jpeg_crop_views(encoded, SEED, **options)
     from_pixels = augment.random_resized_crop_views(decoded, SEED, **options)
-    np.testing.assert_allclose(from_jpeg.numpy(), from_pixels.numpy(), atol=3 / 255)
+    np.testing.assert_allclose(from_jpeg.numpy(), from_pixels.numpy(), atol=3)
     in_dataset = _in_dataset(
         lambda e, s: augment.decode_jpeg_crop_views(e, s, **options), encoded, SEED)
     np.testing.assert_array_equal(in_dataset.numpy(), from_jpeg.numpy())
@@ -143,13 +145,14 @@ def _numpy_blur(image, sigma, radius):
     kernel = np.exp(-taps ** 2 / (2 * sigma ** 2))
     kernel /= kernel.sum()
     padded = np.pad(image, [(radius, radius), (radius, radius), (0, 0)], mode="reflect")
-    size = image.shape[0]
-    rows = sum(k * padded[i:i + size] for i, k in enumerate(kernel))
-    return sum(k * rows[:, i:i + size] for i, k in enumerate(kernel))
+    height, width = image.shape[:2]
+    rows = sum(k * padded[i:i + height] for i, k in enumerate(kernel))
+    return sum(k * rows[:, i:i + width] for i, k in enumerate(kernel))
 
 
-def test_gaussian_blur_matches_numpy_convolution():
-    images = _random_images(3, size=16)
+@pytest.mark.parametrize("height,width", [(16, 16), (augment.BLUR_MIN_SIZE, 40)])
+def test_gaussian_blur_matches_numpy_convolution(height, width):
+    images = tf.constant(np.random.default_rng(0).uniform(size=(3, height, width, 3)), tf.float32)
     out = augment.random_gaussian_blur(images, SEED, probability=1.0,
                                        sigma_range=(1.3, 1.3)).numpy()
     for image, blurred in zip(images.numpy(), out):
@@ -163,9 +166,76 @@ def test_gaussian_blur_matches_numpy_convolution():
     np.testing.assert_allclose(in_dataset.numpy(), out, atol=1e-6)
 
 
+def test_gaussian_blur_applies_with_probability():
+    images = _random_images(40, size=16)
+    out = augment.random_gaussian_blur(images, SEED).numpy()
+    unchanged = np.all(out == images.numpy(), axis=(1, 2, 3))
+    assert 0.25 < unchanged.mean() < 0.75
+
+
+def _pixel_views(n, size=16, seed=0):
+    """float32 [n, size, size, 3] in 0-255, as the crops give them."""
+    return 255.0 * _random_images(n, size, seed)
+
+
+def test_view_photometry_keeps_shape_range_and_is_seeded():
+    views = _pixel_views(2)
+    out = augment.view_photometry(views, SEED, blur=True)
+    assert out.shape == (2, 16, 16, 3)
+    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+    np.testing.assert_array_equal(out.numpy(), augment.view_photometry(views, SEED, blur=True))
+    other = augment.view_photometry(views, tf.constant([1, 2]), blur=True)
+    assert not np.allclose(other.numpy(), out.numpy())
+    in_dataset = _in_dataset(lambda v, s: augment.view_photometry(v, s, blur=True), views, SEED)
+    np.testing.assert_allclose(in_dataset.numpy(), out.numpy(), atol=1e-6)
+
+
+def test_view_photometry_alone_rescales_and_flips_half_the_views():
+    views = _pixel_views(2)
+    expected = views.numpy() / 255.0
+    flipped = []
+    for salt in range(30):
+        out = augment.view_photometry(views, augment.fold_seed(SEED, salt), color_strength=None,
+                                      grayscale=False).numpy()
+        for view in range(2):
+            mirrored = np.allclose(out[view], expected[view][:, ::-1], atol=1e-6)
+            assert mirrored or np.allclose(out[view], expected[view], atol=1e-6)
+            flipped.append(mirrored)
+    assert 0.3 < np.mean(flipped) < 0.7
+    kept = augment.view_photometry(views, SEED, hflip=False, color_strength=None, grayscale=False)
+    np.testing.assert_allclose(kept.numpy(), expected, atol=1e-6)
+
+
+def test_view_photometry_jitter_and_grayscale_equal_the_ops_alone():
+    # Under XLA the stateless random ops draw other numbers than the TF kernels
+    # do for the same seed, so the ops alone are compiled too.
+    views = _pixel_views(2)
+    scaled = views / 255.0
+    jittered = augment.view_photometry(views, SEED, hflip=False, grayscale=False)
+    alone = tf.function(lambda x, s: augment.color_jitter(x, s, strength=1.0), jit_compile=True)(
+        scaled, augment.fold_seed(SEED, augment._JITTER))
+    np.testing.assert_allclose(jittered.numpy(), alone.numpy(), atol=1e-5)
+    gray = augment.view_photometry(views, SEED, hflip=False, color_strength=None)
+    alone = tf.function(augment.random_grayscale, jit_compile=True)(
+        scaled, augment.fold_seed(SEED, augment._GRAY))
+    np.testing.assert_allclose(gray.numpy(), alone.numpy(), atol=1e-5)
+
+
+def test_view_photometry_blur_equals_numpy_blur_of_the_selected_views():
+    views = _pixel_views(6)
+    out = augment.view_photometry(views, SEED, hflip=False, color_strength=None,
+                                  grayscale=False, blur=True, blur_sigma_range=(0.8, 0.8)).numpy()
+    scaled = views.numpy() / 255.0
+    blurred = [np.allclose(o, _numpy_blur(x, 0.8, augment.BLUR_RADIUS), atol=1e-5)
+               for o, x in zip(out, scaled)]
+    unchanged = [np.allclose(o, x, atol=1e-6) for o, x in zip(out, scaled)]
+    assert all(b != u for b, u in zip(blurred, unchanged))
+    assert any(blurred) and any(unchanged)
+
+
 def test_batch_views_simaugment_keeps_shape_range_and_is_seeded():
     spec = views_lib.ViewSpec(augment="simaugment", image_size=16, num_views=2, blur=True)
-    views = tf.reshape(_random_images(8), [4, 2, 16, 16, 3])
+    views = tf.reshape(_pixel_views(8), [4, 2, 16, 16, 3])
     out = views_lib.batch_views(views, SEED, spec)
     assert out.shape == (4, 2, 16, 16, 3)
     assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0

@@ -77,7 +77,7 @@ def test_config_follows_schema_and_documents_itself(path):
     assert config.data.name in data.DATASETS
     assert config.model.name in models.ENCODER_NAMES
     assert config.optim.name in optim.OPTIMIZERS and config.linear.optim.name in optim.OPTIMIZERS
-    assert config.train.jit_compile in (True, False, "auto")
+    assert str(config.train.jit_compile).lower() in ("true", "false", "auto")
     # The input pipeline's own validation of every augmentation field.
     data.ViewSpec.from_data_config(config.data, jpeg=config.data.name == "imagenet2012")
     assert config.train.global_batch_size % 8 == 0 or config.data.name == "digits"

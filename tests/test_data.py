@@ -59,7 +59,7 @@ def _masked(batches):
 @pytest.fixture(scope="module")
 def full_eval(data_dir):
     # image_size 8 keeps the raw 8x8 digits, to compare with scikit-learn's pixels.
-    config = _config(data_dir, image_size=8)
+    config = _config(data_dir, image_size=8, blur=False)
     return _take(data.build_eval_dataset(config, split="test", batch_size=16), 100)
 
 
@@ -102,7 +102,7 @@ def test_augment_none_views_are_the_same_decoded_image(data_dir):
 
 
 def test_input_context_shards_hosts_and_sets_per_replica_batch(data_dir, full_eval):
-    config = _config(data_dir, image_size=8)
+    config = _config(data_dir, image_size=8, blur=False)
     shards = []
     for host in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=host,
@@ -183,6 +183,22 @@ def test_entirely_corrupt_dataset_raises_instead_of_hanging():
     records = tf.data.Dataset.from_tensor_slices(
         {"image": [b"garbage", b"more garbage"], "label": [0, 1]})
     spec = views_lib.ViewSpec(augment="simaugment", image_size=16, num_views=2)
-    train = datasets_lib.train_pipeline(records, spec, batch_size=2, seed=(0, 0))
+    with pytest.raises(data.CorruptDatasetError, match=data.CORRUPT_DATASET_MESSAGE):
+        datasets_lib.train_pipeline(records, spec, batch_size=2, seed=(0, 0))
+    with pytest.raises(data.CorruptDatasetError, match=data.CORRUPT_DATASET_MESSAGE):
+        datasets_lib.eval_pipeline(records, spec, batch_size=2)
+
+
+def test_long_run_of_corrupt_records_raises_while_streaming():
+    bad = data.MAX_CONSECUTIVE_DECODE_FAILURES
+    images = _png_records(2) + [b"garbage"] * bad + _png_records(2)
+    records = tf.data.Dataset.from_tensor_slices({"image": images, "label": [0] * (bad + 4)})
+    spec = views_lib.ViewSpec(augment="none", image_size=10, num_views=1)
+    train = iter(datasets_lib.train_pipeline(records, spec, batch_size=2, seed=(0, 0)))
+    next(train)
     with pytest.raises(tf.errors.InvalidArgumentError, match=data.CORRUPT_DATASET_MESSAGE):
-        next(iter(train))
+        next(train)
+    shorter = _png_records(2) + [b"garbage"] * (bad - 1) + _png_records(2)
+    records = tf.data.Dataset.from_tensor_slices({"image": shorter, "label": [0] * (bad + 3)})
+    train = iter(datasets_lib.train_pipeline(records, spec, batch_size=2, seed=(0, 0)))
+    assert [next(train)["label"].shape for _ in range(3)] == [(2,)] * 3

@@ -1,11 +1,12 @@
 """Input pipelines: TFDS datasets, the paper's multi-view augmentations, per-host sharding.
 
-Public API (see CONTRACT.md [data]): dataset_info, build_train_dataset,
+Public API: dataset_info, build_train_dataset,
 build_eval_dataset; AUGMENTATIONS and DATASETS list the valid config names.
 """
 
 from supcon_tf.data.datasets import (
     CORRUPT_DATASET_MESSAGE,
+    CorruptDatasetError,
     DATASETS,
     MAX_CONSECUTIVE_DECODE_FAILURES,
     DatasetInfo,

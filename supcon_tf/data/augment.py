@@ -4,12 +4,12 @@ Every function takes an explicit seed (int32 [2]) and draws all its random numbe
 from it, so the same seed gives the same output, eagerly or inside tf.data. There
 are two kinds:
 
-* geometric ops on one decoded image (crop windows, crop-and-resize and flip of the views),
-  run per example in a parallel map right after decoding;
-* photometric ops on a stack of images [n, H, W, 3] float32 in [0, 1] (colour
-  jitter, grayscale, blur), with one set of random parameters per image.
-  They run on the V views of one example, or on the whole flattened batch after
-  batching, where vectorized ops are several times faster than per-example ones.
+* geometry on one decoded image: crop windows and their resized crops, run per
+  example right after decoding (TF ops, since image sizes vary);
+* photometry on a stack of images [n, H, W, 3] float32 (flips, colour jitter,
+  grayscale, blur), with one set of random parameters per image. Each op works
+  alone; view_photometry runs them on a batch of views as a single XLA program,
+  which fuses the flip and the colour ops into one pass over the pixels.
 
 Keras 3's augmentation layers are not used: they draw from stateful seed
 generators, so a resumed run could not replay the same augmentations, and they
@@ -24,10 +24,14 @@ import tensorflow as tf
 # Gaussian blur support: 3 sigma of the largest sigma (2.0) on each side.
 BLUR_SIGMA_RANGE = (0.1, 2.0)
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA_RANGE[1])
+# Reflect padding by BLUR_RADIUS needs a larger image.
+BLUR_MIN_SIZE = 2 * BLUR_RADIUS + 1
 ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 
 # Colour-jitter ops, applied in a random order per image.
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+# Salts that give each op of view_photometry its own random stream.
+_FLIP, _JITTER, _GRAY, _BLUR = range(4)
 
 
 def fold_seed(seed, salt):
@@ -69,29 +73,18 @@ def union_window(windows):
     return tf.concat([top_left, bottom_right - top_left], axis=0)
 
 
-def crop_and_resize(image, windows, size, flip=None):
-    """Crops `windows` [V, 4] out of one image [H, W, C] and resizes each to size x size.
+def resized_crops(image, windows, size):
+    """Crops `windows` [V, 4] out of one image [H, W, C] and resizes each to size x size (bilinear).
 
-    One bilinear crop_and_resize op for all views: it samples only the output
-    pixels, so it costs O(V * size^2) whatever the crop size. flip [V] bool
-    mirrors views left-right for free, by sampling their box right to left.
-    Returns float32 [V, size, size, C] in the input's value range.
+    Returns float32 [V, size, size, C] in the input's value range (0-255 for
+    uint8). Slicing then resizing costs about 0.6x of one crop_and_resize op
+    for all views on the CPU.
     """
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    windows = tf.cast(windows, tf.float32)
-    # Box corners in the op's normalized coordinates, where 0 and 1 are the centres
-    # of the first and last pixel.
-    scale = tf.maximum(shape - 1.0, 1.0)
-    start = windows[:, :2] / scale
-    end = (windows[:, :2] + windows[:, 2:] - 1.0) / scale
-    if flip is not None:
-        left, right = start[:, 1], end[:, 1]
-        start = tf.stack([start[:, 0], tf.where(flip, right, left)], axis=1)
-        end = tf.stack([end[:, 0], tf.where(flip, left, right)], axis=1)
-    boxes = tf.concat([start, end], axis=1)
-    box_indices = tf.zeros([tf.shape(windows)[0]], tf.int32)
-    return tf.image.crop_and_resize(
-        tf.cast(image, tf.float32)[None], boxes, box_indices, [size, size], method="bilinear")
+    crops = []
+    for view in range(windows.shape[0]):
+        top, left, height, width = (windows[view, i] for i in range(4))
+        crops.append(tf.image.resize(image[top:top + height, left:left + width], [size, size]))
+    return tf.stack(crops)
 
 
 def random_flips(seed, num_views, probability=0.5):
@@ -99,34 +92,31 @@ def random_flips(seed, num_views, probability=0.5):
     return tf.random.stateless_uniform([num_views], seed) < probability
 
 
-def random_resized_crop_views(image, seed, *, num_views, size, area_range, hflip):
-    """num_views random resized crops (mirrored with p = 0.5 if hflip) of one decoded image.
+def random_resized_crop_views(image, seed, *, num_views, size, area_range):
+    """num_views random resized crops of one decoded image [H, W, 3].
 
-    Returns float32 [V, size, size, 3] in [0, 1].
+    Returns float32 [V, size, size, 3] in the image's value range (0-255 for
+    uint8); view_photometry flips and rescales them.
     """
-    windows = sample_crop_windows(tf.shape(image), fold_seed(seed, 0), num_views=num_views,
+    windows = sample_crop_windows(tf.shape(image), seed, num_views=num_views,
                                   area_range=area_range)
-    flip = random_flips(fold_seed(seed, 1), num_views) if hflip else None
-    return crop_and_resize(image, windows, size, flip) / 255.0
+    return resized_crops(image, windows, size)
 
 
-def decode_jpeg_crop_views(encoded, seed, *, num_views, size, area_range, hflip):
+def decode_jpeg_crop_views(encoded, seed, *, num_views, size, area_range):
     """Random resized crops of a JPEG, decoding only the rows/columns the views use.
 
     The windows come from the JPEG header (extract_jpeg_shape), the image is
     decoded once with decode_and_crop_jpeg over the union of the windows, and the
-    views are cut from that region (mirrored with p = 0.5 if hflip). Returns
-    float32 [V, size, size, 3] in [0, 1], the same as random_resized_crop_views
-    on the decoded image.
+    views are cut from that region. Returns float32 [V, size, size, 3] in 0-255,
+    the same as random_resized_crop_views on the decoded image.
     """
     shape = tf.image.extract_jpeg_shape(encoded)
-    windows = sample_crop_windows(shape, fold_seed(seed, 0), num_views=num_views,
-                                  area_range=area_range)
+    windows = sample_crop_windows(shape, seed, num_views=num_views, area_range=area_range)
     region = union_window(windows)
     image = tf.image.decode_and_crop_jpeg(encoded, region, channels=3)
     relative = windows - tf.concat([region[:2], [0, 0]], axis=0)
-    flip = random_flips(fold_seed(seed, 1), num_views) if hflip else None
-    return crop_and_resize(image, relative, size, flip) / 255.0
+    return resized_crops(image, relative, size)
 
 
 def center_crop_jpeg(encoded, *, size, crop_fraction=224.0 / 256.0):
@@ -154,11 +144,6 @@ def resize(image, size):
 
 
 # ---------------------------------------------------------------------------- photometry
-
-
-def _per_image(values):
-    """[n] -> [n, 1, 1, 1], to broadcast one value per image."""
-    return values[:, None, None, None]
 
 
 # Luma weights of tf.image.rgb_to_grayscale (ITU-R 601).
@@ -259,11 +244,11 @@ def grayscale_transforms(n, seed, probability=0.2):
 
 
 def apply_color_transform(images, transforms):
-    """images [n, H, W, 3] in [0, 1] mapped by per-image affine transforms [n, 4, 4], clipped.
+    """images [n, H, W, 3] mapped by per-image affine transforms [n, 4, 4], clipped to [0, 1].
 
     Written as broadcast multiply-adds rather than a matmul with an inner
-    dimension of 3: under XLA (see fused_color_transform) they fuse into one
-    pass over the pixels, several times faster than the matmul.
+    dimension of 3: under XLA they fuse into one pass over the pixels, several
+    times faster than the matmul.
     """
     linear = transforms[:, None, None, :3, :3]
     mapped = (images[..., 0, None] * linear[..., 0] + images[..., 1, None] * linear[..., 1]
@@ -271,13 +256,16 @@ def apply_color_transform(images, transforms):
     return tf.clip_by_value(mapped, 0.0, 1.0)
 
 
-# The batch-level colour pass, compiled: XLA also works inside tf.data maps.
-fused_color_transform = tf.function(apply_color_transform, jit_compile=True)
-
-
 def mean_color(images):
-    """[n, H, W, 3] -> [n, 3]."""
-    return tf.reduce_mean(images, axis=[1, 2])
+    """[n, H, W, 3] -> [n, 3].
+
+    Summed over rows first, as [n, H, W * 3], which the CPU kernels vectorize;
+    reducing the H and W axes of [n, H, W, 3] at once runs several times slower.
+    """
+    n, height, width, channels = (tf.shape(images)[i] for i in range(4))
+    columns = tf.reduce_sum(tf.reshape(images, [n, height, width * channels]), axis=1)
+    pixels = tf.cast(height * width, images.dtype)
+    return tf.reduce_sum(tf.reshape(columns, [n, width, channels]), axis=1) / pixels
 
 
 def color_jitter(images, seed, *, strength, probability=0.8):
@@ -300,60 +288,135 @@ def gaussian_kernels(sigma, radius=BLUR_RADIUS):
     return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
 
 
-def _vertical_blur(images, kernels):
-    """images [n, H, W, C] convolved along H with kernels [n, taps] (one per image), reflect padding.
+def _weighted_shifts(rows, taps, axis, length, stride):
+    """sum over t of taps[t] * rows shifted by t * stride along axis (0 or 1) of a 2-D array."""
+    total = None
+    for index, tap in enumerate(taps):
+        begin = [0, 0]
+        begin[axis] = index * stride
+        size = [-1, -1]
+        size[axis] = length
+        term = tap * tf.slice(rows, begin, size)
+        total = term if total is None else total + term
+    return total
 
-    Written as a sum of shifted row slices of the [n, H + 2 r, W * C] padded image,
-    each scaled by a tap broadcast to a whole row: under XLA this fuses into one
-    vectorized pass (broadcasting the scalar tap per element vectorizes poorly).
+
+def _blur_axis(image, kernel, axis):
+    """One pass of a separable blur of image [H, W, C] along axis 0 or 1, reflect padding.
+
+    The image is viewed as rows [H, W * C], so that both passes shift along a
+    contiguous row (by W * C for axis 0, by C for axis 1). Each pass is a sum of
+    shifted slices scaled by the taps broadcast to whole rows: XLA fuses it into
+    one vectorized loop. Only the two short border strips are padded: padding the
+    whole image inside the loop would stop it from vectorizing.
     """
-    shape = tf.shape(images)
-    n, height, row = shape[0], shape[1], shape[2] * shape[3]
-    padded = tf.pad(images, [[0, 0], [BLUR_RADIUS, BLUR_RADIUS], [0, 0], [0, 0]], mode="REFLECT")
-    padded = tf.reshape(padded, tf.stack([n, height + 2 * BLUR_RADIUS, row]))
-    taps = tf.broadcast_to(kernels[:, :, None], tf.stack([n, 2 * BLUR_RADIUS + 1, row]))
-    out = taps[:, 0:1] * padded[:, 0:height]
-    for tap in range(1, 2 * BLUR_RADIUS + 1):
-        out += taps[:, tap:tap + 1] * padded[:, tap:tap + height]
-    return tf.reshape(out, shape)
+    height, width, channels = image.shape
+    radius = (kernel.shape[0] - 1) // 2
+    taps_shape = [1, width * channels] if axis == 0 else [height, 1]
+    taps = [tf.broadcast_to(kernel[t], taps_shape) for t in range(2 * radius + 1)]
+    stride = 1 if axis == 0 else channels
+    extent = image.shape[axis]
+    rows = tf.reshape(image, [height, width * channels])
+    interior = _weighted_shifts(rows, taps, axis, (extent - 2 * radius) * stride, stride)
+    # Each border strip of `radius` outputs needs 2 * radius inputs, mirrored outwards.
+    leading = (slice(None),) * axis
+    first = image[leading + (slice(0, 2 * radius),)]
+    last = image[leading + (slice(extent - 2 * radius, extent),)]
+    paddings = [[0, 0], [0, 0], [0, 0]]
+    paddings[axis] = [radius, 0]
+    first = tf.pad(first, paddings, mode="REFLECT")
+    paddings[axis] = [0, radius]
+    last = tf.pad(last, paddings, mode="REFLECT")
+    strip_shape = [3 * radius, width * channels] if axis == 0 else [height, 3 * radius * channels]
+    borders = [_weighted_shifts(tf.reshape(strip, strip_shape), taps, axis, radius * stride, stride)
+               for strip in (first, last)]
+    blurred = tf.concat([borders[0], interior, borders[1]], axis=axis)
+    return tf.reshape(blurred, [height, width, channels])
 
 
-def _blur(images, sigma):
-    """Separable Gaussian blur of [m, H, W, 3] with one sigma [m] per image, reflect padding.
+def gaussian_blur(image, sigma):
+    """Gaussian blur of one image [H, W, 3] (static shape, sides >= BLUR_MIN_SIZE), reflect padding.
 
-    Both passes run along the rows; the image is transposed in between and back.
+    The kernel spans BLUR_RADIUS (3 sigma of the largest sigma) on each side.
     """
-    kernels = gaussian_kernels(sigma)
-    vertical = _vertical_blur(images, kernels)
-    horizontal = _vertical_blur(tf.transpose(vertical, [0, 2, 1, 3]), kernels)
-    return tf.transpose(horizontal, [0, 2, 1, 3])
+    kernel = gaussian_kernels(sigma[None])[0]
+    return _blur_axis(_blur_axis(image, kernel, axis=0), kernel, axis=1)
 
 
-def _blur_selected(images, selected, sigma):
-    """_blur of the images where selected [n], the others unchanged (bit-exact)."""
-    return tf.where(selected[:, None, None, None], _blur(images, sigma), images)
+def _blur_some(images, seed, probability, sigma_range):
+    """Blurs each image of [n, H, W, 3] with `probability`, sigma uniform in range.
 
-
-# Compiled like the colour pass: XLA fuses each blur pass into one loop over the
-# pixels, where TF ops (or a depthwise convolution over the images stacked into
-# channels, plus their gather / scatter) take several times longer on the CPU.
-# Blurring every image and selecting costs less than gathering the selected ones.
-_fused_blur_selected = tf.function(_blur_selected, jit_compile=True)
-
-
-def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_RANGE):
-    """Blurs each image of [n, H, W, 3] with `probability`, sigma uniform in `sigma_range` (pixels).
-
-    The kernel spans 3 sigma of the largest sigma; images must be larger than
-    BLUR_RADIUS pixels on each side for the reflect padding.
+    A loop over the images with a conditional each: unselected images cost
+    nothing, and XLA cannot fuse the ops before the blur into its 13 taps.
     """
     n = tf.shape(images)[0]
     selected = tf.random.stateless_uniform([n], fold_seed(seed, 0)) < probability
     sigma = tf.random.stateless_uniform([n], fold_seed(seed, 1),
                                         minval=sigma_range[0], maxval=sigma_range[1])
-    return tf.cond(tf.reduce_any(selected),
-                   lambda: _fused_blur_selected(images, selected, sigma),
-                   lambda: images)
+
+    def blur_one(index, images):
+        blurred = gaussian_blur(images[index], sigma[index])
+        return tf.tensor_scatter_nd_update(images, [[index]], blurred[None])
+
+    def body(index, images):
+        images = tf.cond(selected[index], lambda: blur_one(index, images), lambda: images)
+        return index + 1, images
+
+    _, images = tf.while_loop(lambda index, _: index < n, body, (0, images))
+    return images
+
+
+def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_RANGE):
+    """Blurs each image of [n, H, W, 3] with `probability`, sigma uniform in `sigma_range` (pixels).
+
+    H and W must be at least BLUR_MIN_SIZE.
+    """
+    return _fused_blur_some(images, seed, probability, tuple(sigma_range))
+
+
+_fused_blur_some = tf.function(_blur_some, jit_compile=True)
+
+
+def _view_photometry(views, mean_color, seed, *, value_range, hflip, color_strength,
+                     grayscale, blur, blur_sigma_range):
+    n = tf.shape(views)[0]
+    if hflip:
+        flip = random_flips(fold_seed(seed, _FLIP), n)
+        views = tf.where(flip[:, None, None, None], tf.reverse(views, axis=[2]), views)
+    scale = tf.constant([1.0 / value_range] * 3 + [1.0])
+    transforms = tf.linalg.diag(tf.tile(scale[None], [n, 1]))
+    if color_strength is not None:
+        transforms = color_jitter_transforms(mean_color, fold_seed(seed, _JITTER),
+                                             strength=color_strength) @ transforms
+    if grayscale:
+        transforms = grayscale_transforms(n, fold_seed(seed, _GRAY)) @ transforms
+    views = apply_color_transform(views, transforms)
+    if blur:
+        views = _blur_some(views, fold_seed(seed, _BLUR), 0.5, blur_sigma_range)
+    return views
+
+
+_fused_view_photometry = tf.function(_view_photometry, jit_compile=True)
+
+
+def view_photometry(views, seed, *, value_range=255.0, hflip=True, color_strength=1.0,
+                    grayscale=True, blur=False, blur_sigma_range=BLUR_SIGMA_RANGE):
+    """SimAugment's per-view ops on a stack of views [n, S, S, 3], as one XLA program.
+
+    In order: mirror left-right with p = 0.5 (if hflip), colour jitter of
+    strength color_strength with p = 0.8 (None: no jitter), grayscale with
+    p = 0.2 (if grayscale), Gaussian blur with p = 0.5 (if blur). Inputs are in
+    [0, value_range] (255 for the output of the crops); outputs are float32 in
+    [0, 1], each view with its own random parameters. Run on a whole batch,
+    the program's fixed cost is shared by all its views.
+    """
+    mean = tf.zeros([tf.shape(views)[0], 3])
+    if color_strength is not None:
+        mean = mean_color(views) / value_range  # outside XLA, where this reduction is faster
+    return _fused_view_photometry(
+        views, mean, seed, value_range=float(value_range), hflip=hflip,
+        color_strength=color_strength, grayscale=grayscale, blur=blur,
+        blur_sigma_range=tuple(blur_sigma_range))
 
 
 # ---------------------------------------------------------------------------- op policies

@@ -8,8 +8,9 @@ Training stream, per input pipeline (host):
 
     records (this host's shard, image bytes undecoded) -> repeat -> shuffle(seed)
     -> enumerate (stream index) -> skip(start_step * per-host batch)
-    -> decode once + V views, seed = (seed, host, index)   [parallel]
-    -> drop undecodable records (logged, counted)          -> batch(b)
+    -> decode once + V crops, seed = (seed, host, index)   [parallel]
+    -> drop undecodable records -> batch(b) -> count the dropped ones from the
+       gaps in the stream index (logged)
     -> batch-level photometric ops                          [parallel] -> prefetch
 
 Every random number comes from stateless ops seeded by the stream index, so the
@@ -128,58 +129,74 @@ def dataset_info(data_config):
 # ---------------------------------------------------------------------------- bad records
 
 
-def decode_skipping_failures(dataset, decode_fn, placeholder):
-    """Maps decode_fn over dataset in parallel, dropping elements it fails on.
+class CorruptDatasetError(ValueError):
+    """No record decodes; the message says what to check."""
 
-    Each element is decoded in its own one-element dataset with ignore_errors,
-    followed by a placeholder marked invalid, so a failure becomes a flag rather
-    than an error. Failures are logged with a running count, and the pipeline
-    raises InvalidArgumentError (message containing CORRUPT_DATASET_MESSAGE)
-    after MAX_CONSECUTIVE_DECODE_FAILURES failures in a row instead of
-    searching forever through a corrupt dataset. Order is kept.
+
+def _corrupt_message(where):
+    return (f"supcon_tf.data: {MAX_CONSECUTIVE_DECODE_FAILURES} {CORRUPT_DATASET_MESSAGE} "
+            f"{where}; the dataset looks corrupt: re-prepare it (tfds build) or check "
+            "config.data.data_dir")
+
+
+def require_decodable(indexed_records, decode_fn):
+    """Raises CorruptDatasetError unless one of the first (index, record) elements decodes.
+
+    decode_and_batch skips undecodable records, so on a dataset where nothing
+    decodes it would search forever; run this once on the records before streaming.
     """
-    placeholder = tf.nest.map_structure(tf.convert_to_tensor, placeholder)
+    probe = indexed_records.take(MAX_CONSECUTIVE_DECODE_FAILURES).map(_plain_graph(decode_fn))
+    for _ in probe.ignore_errors().take(1):
+        return
+    raise CorruptDatasetError(_corrupt_message("at the start of the stream"))
+
+
+def decode_and_batch(indexed_records, decode_fn, *, batch_size, drop_remainder, first_index=0):
+    """(index, record) elements with consecutive int64 indices -> batches of decode_fn(index, record).
+
+    decode_fn returns a dict; it runs in a parallel map that keeps the order.
+    Records it fails on are dropped and counted from the gaps they leave in the
+    index: each batch with a gap logs the running count, and a gap of
+    MAX_CONSECUTIVE_DECODE_FAILURES records raises InvalidArgumentError (message
+    containing CORRUPT_DATASET_MESSAGE).
+    """
 
     @_plain_graph
-    def decode_or_flag(*element):
-        decoded = tf.data.Dataset.from_tensors(element).map(
-            lambda *e: (decode_fn(*e), True)).ignore_errors()
-        failed = tf.data.Dataset.from_tensors((placeholder, False))
-        return decoded.concatenate(failed).take(1)
+    def decode_with_index(index, record):
+        return dict(decode_fn(index, record), _index=index)
 
-    dataset = dataset.interleave(decode_or_flag, cycle_length=16, block_length=1,
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = indexed_records.map(decode_with_index, num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True)
+    # log_warning: TF logs each failure's error message.
+    dataset = dataset.ignore_errors(log_warning=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
     @_plain_graph
-    def count_failures(state, element):
-        consecutive, total = state
-        decoded, ok = element
-        failed = tf.logical_not(ok)
-        consecutive = tf.where(failed, consecutive + 1, 0)
-        total += tf.cast(failed, tf.int64)
+    def count_failures(state, batch):
+        last_index, total = state
+        indices = batch.pop("_index")
+        previous = tf.concat([[last_index], indices[:-1]], axis=0)
+        gaps = indices - previous - 1
+        skipped = tf.reduce_sum(gaps)
+        total += skipped
         check = tf.debugging.assert_less(
-            consecutive, tf.constant(MAX_CONSECUTIVE_DECODE_FAILURES, tf.int64),
-            message=(f"supcon_tf.data: {MAX_CONSECUTIVE_DECODE_FAILURES} "
-                     f"{CORRUPT_DATASET_MESSAGE} in a row; the dataset looks corrupt: "
-                     "re-prepare it (tfds build) or check config.data.data_dir"))
+            tf.reduce_max(gaps), tf.constant(MAX_CONSECUTIVE_DECODE_FAILURES, tf.int64),
+            message=_corrupt_message("in a row"))
 
-        def log_failure():
-            log = tf.print("supcon_tf.data: skipped a record that failed to decode; "
-                           "skipped so far:", total,
-                           output_stream=sys.stderr)
+        def log_failures():
+            log = tf.print("supcon_tf.data: skipped", skipped, "records that failed to decode; "
+                           "skipped so far:", total, output_stream=sys.stderr)
             with tf.control_dependencies([log]):
                 return tf.constant(True)
 
         with tf.control_dependencies([check]):
-            logged = tf.cond(failed, log_failure, lambda: tf.constant(False))
+            logged = tf.cond(skipped > 0, log_failures, lambda: tf.constant(False))
         with tf.control_dependencies([logged]):
-            ok = tf.identity(ok)
-        return (consecutive, total), (decoded, ok)
+            batch = tf.nest.map_structure(tf.identity, batch)
+        return (indices[-1], total), batch
 
-    zero = tf.constant(0, tf.int64)
-    dataset = dataset.scan((zero, zero), count_failures)
-    dataset = dataset.filter(lambda _, decoded_ok: decoded_ok)
-    return dataset.map(lambda decoded, _: decoded)
+    start = (tf.constant(first_index - 1, tf.int64), tf.constant(0, tf.int64))
+    return dataset.scan(start, count_failures)
 
 
 # ---------------------------------------------------------------------------- pipelines
@@ -192,14 +209,8 @@ def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_ex
     an int32 [2]-convertible pair; batches are a pure function of it.
     """
     seed = tf.constant(seed, tf.int32)
-    size = spec.image_size
     dataset = records.map(lambda example: (example["image"], example["label"]))
-    dataset = dataset.repeat()
-    if shuffle_buffer > 1:
-        dataset = dataset.shuffle(shuffle_buffer, seed=int(augment.fold_seed(seed, -1)[0]))
-    dataset = dataset.enumerate().skip(skip_examples)
 
-    @_plain_graph
     def decode(index, record):
         encoded, label = record
         element_seed = augment.fold_seed(seed, index)
@@ -207,10 +218,13 @@ def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_ex
                 "label": tf.cast(label, tf.int32),
                 "seed": element_seed}
 
-    placeholder = {"views": tf.zeros([spec.num_views, size, size, 3]),
-                   "label": tf.constant(0, tf.int32), "seed": tf.zeros([2], tf.int32)}
-    dataset = decode_skipping_failures(dataset, decode, placeholder)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    require_decodable(dataset.enumerate(), decode)
+    dataset = dataset.repeat()
+    if shuffle_buffer > 1:
+        dataset = dataset.shuffle(shuffle_buffer, seed=int(augment.fold_seed(seed, -1)[0]))
+    dataset = dataset.enumerate().skip(skip_examples)
+    dataset = decode_and_batch(dataset, decode, batch_size=batch_size, drop_remainder=True,
+                               first_index=skip_examples)
 
     @_plain_graph
     def finish(batch):
@@ -228,14 +242,13 @@ def eval_pipeline(records, spec, *, batch_size):
     """Records -> the whole split, one view, batches padded to batch_size with a mask."""
     size = spec.image_size
 
-    @_plain_graph
-    def decode(encoded, label):
+    def decode(index, record):
+        encoded, label = record
         return {"image": views_lib.eval_image(encoded, spec), "label": tf.cast(label, tf.int32)}
 
-    placeholder = {"image": tf.zeros([size, size, 3]), "label": tf.constant(0, tf.int32)}
-    dataset = records.map(lambda example: (example["image"], example["label"]))
-    dataset = decode_skipping_failures(dataset, decode, placeholder)
-    dataset = dataset.batch(batch_size)
+    dataset = records.map(lambda example: (example["image"], example["label"])).enumerate()
+    require_decodable(dataset, decode)
+    dataset = decode_and_batch(dataset, decode, batch_size=batch_size, drop_remainder=False)
 
     @_plain_graph
     def pad(batch):

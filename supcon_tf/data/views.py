@@ -1,12 +1,13 @@
-"""Multi-view assembly: one decoded image -> V augmented views on their own axis.
+"""Multi-view assembly: one encoded image -> V augmented views on their own axis.
 
-Work is split in two stages so that the expensive photometric ops run vectorized:
+Work is split in two stages, so that the photometric ops run once per batch:
 
     example_views(encoded, seed, spec)  per example, in a parallel map: decode once,
-        crop the V views (and for the op policies, run them per view) ->
-        float32 [V, S, S, 3]
-    batch_views(views, seed, spec)      per batch, after batching: the photometric ops
-        of SimAugment on the flattened [b * V, S, S, 3] -> float32 [b, V, S, S, 3]
+        cut the V random resized crops (for the op policies, also flip them and
+        run the policy per view) -> float32 [V, S, S, 3]
+    batch_views(views, seed, spec)      per batch, after batching: SimAugment's
+        photometric ops as one XLA program on the flattened [b * V, S, S, 3]
+        -> float32 [b, V, S, S, 3] in [0, 1]
 
 Views are never stacked in the channel axis.
 """
@@ -18,11 +19,11 @@ import tensorflow as tf
 from supcon_tf.data import augment
 
 AUGMENTATIONS = ("simaugment", "autoaugment", "randaugment", "stacked_randaugment", "none")
-# Below this the crops and the blur kernel (radius augment.BLUR_RADIUS) stop making sense.
-MIN_IMAGE_SIZE = augment.BLUR_RADIUS + 2
+# Smaller views keep too little of an image to learn from (digits, the smallest, are 8 x 8).
+MIN_IMAGE_SIZE = 8
 
 # Salts that give each stage its own random stream from the element's seed.
-_CROP, _JITTER, _POLICY, _GRAY, _BLUR = range(5)
+_CROP, _PHOTOMETRY, _POLICY = range(3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,11 @@ class ViewSpec:
                              "(the paper uses 2)")
         if self.image_size < MIN_IMAGE_SIZE:
             raise ValueError(f"config.data.image_size={self.image_size} is too small for the "
-                             f"random crops and the blur; set it to at least {MIN_IMAGE_SIZE}")
+                             f"random crops; set it to at least {MIN_IMAGE_SIZE}")
+        if self.blur and self.image_size < augment.BLUR_MIN_SIZE:
+            raise ValueError(f"config.data.image_size={self.image_size} is too small for the "
+                             f"Gaussian blur; set it to at least {augment.BLUR_MIN_SIZE} or set "
+                             "config.data.blur=False")
         if not 0.0 < self.crop_area_min <= 1.0:
             raise ValueError(f"config.data.crop_area_min={self.crop_area_min} must be in (0, 1] "
                              "(0.08 for ImageNet, 0.2 for CIFAR)")
@@ -96,9 +101,9 @@ def eval_image(encoded, spec):
 
 
 def _crop_views(encoded, seed, spec):
+    """The V random resized crops, float32 [V, S, S, 3] in 0-255."""
     options = dict(num_views=spec.num_views, size=spec.image_size,
-                   area_range=(spec.crop_area_min, 1.0), hflip=spec.hflip)
-    seed = augment.fold_seed(seed, _CROP)
+                   area_range=(spec.crop_area_min, 1.0))
     if spec.jpeg:
         return augment.decode_jpeg_crop_views(encoded, seed, **options)
     return augment.random_resized_crop_views(decode_image(encoded), seed, **options)
@@ -114,44 +119,41 @@ def _policy(spec):
 
 
 def example_views(encoded, seed, spec):
-    """One encoded image and its seed int32 [2] -> float32 [V, S, S, 3] in [0, 1].
+    """One encoded image and its seed int32 [2] -> float32 [V, S, S, 3].
 
-    The image is decoded once. "none" repeats the eval image V times; the other
-    modes take V random resized crops (mirrored with p = 0.5 if spec.hflip), and
-    the policy modes also run their op policy here, since policies work on one
-    uint8 image at a time.
+    The image is decoded once. "none" repeats the eval image V times. The other
+    modes take V random resized crops. simaugment returns them in 0-255 for
+    batch_views. The policy modes flip them (stacked_randaugment also jitters
+    them), run their op policy and return [0, 1].
     """
     size = spec.image_size
     if spec.augment == "none":
         views = tf.repeat(eval_image(encoded, spec)[None], spec.num_views, axis=0)
         return tf.ensure_shape(views, [spec.num_views, size, size, 3])
-    views = _crop_views(encoded, seed, spec)
-    if spec.augment == "stacked_randaugment":
-        views = augment.color_jitter(views, augment.fold_seed(seed, _JITTER),
-                                     strength=spec.color_strength)
-    if spec.augment in ("autoaugment", "randaugment", "stacked_randaugment"):
-        views = augment.apply_policy(views, augment.fold_seed(seed, _POLICY), _policy(spec))
+    views = _crop_views(encoded, augment.fold_seed(seed, _CROP), spec)
+    views = tf.ensure_shape(views, [spec.num_views, size, size, 3])
+    if spec.augment == "simaugment":
+        return views
+    jitter = spec.color_strength if spec.augment == "stacked_randaugment" else None
+    views = augment.view_photometry(views, augment.fold_seed(seed, _PHOTOMETRY),
+                                    hflip=spec.hflip, color_strength=jitter, grayscale=False)
+    views = augment.apply_policy(views, augment.fold_seed(seed, _POLICY), _policy(spec))
     return tf.ensure_shape(views, [spec.num_views, size, size, 3])
 
 
 def batch_views(views, seed, spec):
     """The batch-level stage on views float32 [b, V, S, S, 3] with one seed int32 [2] per batch.
 
-    SimAugment: colour jitter (p = 0.8), grayscale (p = 0.2), blur (p = 0.5, if
-    spec.blur). Stacked RandAugment: grayscale and blur (its jitter ran per
-    example, before RandAugment). Each image gets its own random parameters.
+    SimAugment: flip (if spec.hflip), colour jitter, grayscale and blur (if
+    spec.blur). Stacked RandAugment: grayscale and blur, the rest having run per
+    example. Each view gets its own random parameters. Returns [0, 1].
     """
     if spec.augment not in ("simaugment", "stacked_randaugment"):
         return views
     shape = tf.shape(views)
     images = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
-    # Jitter and grayscale are per-image affine colour maps: compose, then one pass.
-    transforms = augment.grayscale_transforms(tf.shape(images)[0], augment.fold_seed(seed, _GRAY))
-    if spec.augment == "simaugment":
-        transforms @= augment.color_jitter_transforms(
-            augment.mean_color(images), augment.fold_seed(seed, _JITTER),
-            strength=spec.color_strength)
-    images = augment.fused_color_transform(images, transforms)
-    if spec.blur:
-        images = augment.random_gaussian_blur(images, augment.fold_seed(seed, _BLUR))
+    simaugment = spec.augment == "simaugment"
+    images = augment.view_photometry(
+        images, seed, value_range=255.0 if simaugment else 1.0, hflip=spec.hflip and simaugment,
+        color_strength=spec.color_strength if simaugment else None, blur=spec.blur)
     return tf.reshape(images, shape)
