@@ -32,6 +32,9 @@ def tiny_config():
     config.model.sync_bn = True
     config.train.global_batch_size = 32
     config.optim.warmup_epochs = 0  # every step moves the weights
+    # The tolerance of test_multiworker holds at 0.1; at digits.py's 0.2 one batch-norm
+    # offset's 3-step change differed by 1.4e-3 relative (all-reduce summation order).
+    config.loss.temperature = 0.1
     return config
 
 
