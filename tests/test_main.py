@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -41,3 +43,24 @@ def test_default_workdir_follows_the_config_name():
         sys.path.remove(REPO)
     assert main.default_workdir("configs/imagenet_r50.py") == os.path.join("runs", "imagenet_r50")
     assert main.default_workdir("configs/digits.py:tiny") == os.path.join("runs", "digits_tiny")
+
+
+@pytest.mark.parametrize("setting, bfc_expected", [(None, True), ("false", False)])
+def test_main_runs_tensorflow_on_the_bfc_host_allocator_unless_told_not_to(setting, bfc_expected):
+    # Only the BFC allocator keeps statistics, so get_memory_info tells which one runs;
+    # main.py must choose it before anything starts TensorFlow.
+    probe = ("import main, tensorflow as tf\n"
+             "tf.ones([64, 64])\n"
+             "try:\n"
+             "    tf.config.experimental.get_memory_info('CPU:0')\n"
+             "    print('bfc')\n"
+             "except ValueError:\n"
+             "    print('default')\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+    if setting is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = setting
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == ("bfc" if bfc_expected else "default")
