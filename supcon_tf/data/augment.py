@@ -8,8 +8,9 @@ are two kinds:
   example right after decoding (TF ops, since image sizes vary);
 * photometry on a stack of images [n, H, W, 3] float32 (flips, colour jitter,
   grayscale, blur), with one set of random parameters per image. Each op works
-  alone; view_photometry runs them on a batch of views as a single XLA program,
-  which fuses the flip and the colour ops into one pass over the pixels.
+  alone; view_photometry runs them on a batch of views as two XLA programs,
+  one that fuses the flip and the colour ops into one pass over the pixels and
+  one for the blur.
 
 Keras 3's augmentation layers are not used: they draw from stateful seed
 generators, so a resumed run could not replay the same augmentations, and they
@@ -288,97 +289,86 @@ def gaussian_kernels(sigma, radius=BLUR_RADIUS):
     return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
 
 
-def _weighted_shifts(rows, taps, axis, length, stride):
-    """sum over t of taps[t] * rows shifted by t * stride along axis (0 or 1) of a 2-D array."""
+def _weighted_shifts(rows, kernels, axis, length, stride):
+    """sum over t of kernels[:, t] * rows shifted by t * stride along axis (1 or 2) of [n, A, B]."""
     total = None
-    for index, tap in enumerate(taps):
-        begin = [0, 0]
-        begin[axis] = index * stride
-        size = [-1, -1]
+    for tap in range(kernels.shape[1]):
+        begin = [0, 0, 0]
+        begin[axis] = tap * stride
+        size = [-1, -1, -1]
         size[axis] = length
-        term = tap * tf.slice(rows, begin, size)
+        term = kernels[:, tap, None, None] * tf.slice(rows, begin, size)
         total = term if total is None else total + term
     return total
 
 
-def _blur_axis(image, kernel, axis):
-    """One pass of a separable blur of image [H, W, C] along axis 0 or 1, reflect padding.
+def _pad_columns(images):
+    """images [n, H, W, C] -> [n, H, W + 2 * BLUR_RADIUS, C], mirrored at the left and right edges.
 
-    The image is viewed as rows [H, W * C], so that both passes shift along a
-    contiguous row (by W * C for axis 0, by C for axis 1). Each pass is a sum of
-    shifted slices scaled by the taps broadcast to whole rows: XLA fuses it into
-    one vectorized loop. Only the two short border strips are padded: padding the
-    whole image inside the loop would stop it from vectorizing.
+    The blur's horizontal pass reads these columns. Padding here, as the end of
+    an elementwise XLA program, is cheap; the same padding or border code inside
+    the horizontal pass would split its rows into short runs that do not vectorize.
     """
-    height, width, channels = image.shape
-    radius = (kernel.shape[0] - 1) // 2
-    taps_shape = [1, width * channels] if axis == 0 else [height, 1]
-    taps = [tf.broadcast_to(kernel[t], taps_shape) for t in range(2 * radius + 1)]
-    stride = 1 if axis == 0 else channels
-    extent = image.shape[axis]
-    rows = tf.reshape(image, [height, width * channels])
-    interior = _weighted_shifts(rows, taps, axis, (extent - 2 * radius) * stride, stride)
+    return tf.pad(images, [[0, 0], [0, 0], [BLUR_RADIUS, BLUR_RADIUS], [0, 0]], mode="REFLECT")
+
+
+def _vertical_blur(rows, kernels):
+    """Blur along the image height of rows [n, H, L], reflect padding at the top and bottom."""
+    height = rows.shape[1]
+    radius = (kernels.shape[1] - 1) // 2
+    interior = _weighted_shifts(rows, kernels, 1, height - 2 * radius, 1)
     # Each border strip of `radius` outputs needs 2 * radius inputs, mirrored outwards.
-    leading = (slice(None),) * axis
-    first = image[leading + (slice(0, 2 * radius),)]
-    last = image[leading + (slice(extent - 2 * radius, extent),)]
-    paddings = [[0, 0], [0, 0], [0, 0]]
-    paddings[axis] = [radius, 0]
-    first = tf.pad(first, paddings, mode="REFLECT")
-    paddings[axis] = [0, radius]
-    last = tf.pad(last, paddings, mode="REFLECT")
-    strip_shape = [3 * radius, width * channels] if axis == 0 else [height, 3 * radius * channels]
-    borders = [_weighted_shifts(tf.reshape(strip, strip_shape), taps, axis, radius * stride, stride)
-               for strip in (first, last)]
-    blurred = tf.concat([borders[0], interior, borders[1]], axis=axis)
-    return tf.reshape(blurred, [height, width, channels])
+    first = tf.pad(rows[:, :2 * radius], [[0, 0], [radius, 0], [0, 0]], mode="REFLECT")
+    last = tf.pad(rows[:, height - 2 * radius:], [[0, 0], [0, radius], [0, 0]], mode="REFLECT")
+    borders = [_weighted_shifts(strip, kernels, 1, radius, 1) for strip in (first, last)]
+    return tf.concat([borders[0], interior, borders[1]], axis=1)
 
 
-def gaussian_blur(image, sigma):
-    """Gaussian blur of one image [H, W, 3] (static shape, sides >= BLUR_MIN_SIZE), reflect padding.
+def _blur_padded(rows, seed, *, channels, probability, sigma_range):
+    """Blurs each image with `probability`, sigma uniform in range; reflect padding.
 
-    The kernel spans BLUR_RADIUS (3 sigma of the largest sigma) on each side.
+    rows [n, H, (W + 2 * BLUR_RADIUS) * C]: images padded by _pad_columns, viewed
+    as rows so that both passes shift along a contiguous row (by a row for the
+    vertical pass, by C for the horizontal one) and every loop XLA emits runs
+    over long rows. Returns rows [n, H, W * C]. All images go through the blur,
+    the unselected ones with the identity kernel (exact: its other taps add
+    zeros), which on the CPU costs less than blurring only the selected ones.
     """
-    kernel = gaussian_kernels(sigma[None])[0]
-    return _blur_axis(_blur_axis(image, kernel, axis=0), kernel, axis=1)
-
-
-def _blur_some(images, seed, probability, sigma_range):
-    """Blurs each image of [n, H, W, 3] with `probability`, sigma uniform in range.
-
-    A loop over the images with a conditional each: unselected images cost
-    nothing, and XLA cannot fuse the ops before the blur into its 13 taps.
-    """
-    n = tf.shape(images)[0]
+    n = tf.shape(rows)[0]
     selected = tf.random.stateless_uniform([n], fold_seed(seed, 0)) < probability
     sigma = tf.random.stateless_uniform([n], fold_seed(seed, 1),
                                         minval=sigma_range[0], maxval=sigma_range[1])
+    identity = tf.one_hot(BLUR_RADIUS, 2 * BLUR_RADIUS + 1)[None]
+    kernels = tf.where(selected[:, None], gaussian_kernels(sigma), identity)
+    width = rows.shape[2] // channels - 2 * BLUR_RADIUS
+    return _weighted_shifts(_vertical_blur(rows, kernels), kernels, 2, width * channels, channels)
 
-    def blur_one(index, images):
-        blurred = gaussian_blur(images[index], sigma[index])
-        return tf.tensor_scatter_nd_update(images, [[index]], blurred[None])
 
-    def body(index, images):
-        images = tf.cond(selected[index], lambda: blur_one(index, images), lambda: images)
-        return index + 1, images
+_fused_pad_columns = tf.function(_pad_columns, jit_compile=True)
+# Its own program: XLA would fuse the padding into each of the 13 taps of the vertical pass.
+_fused_blur_padded = tf.function(_blur_padded, jit_compile=True)
 
-    _, images = tf.while_loop(lambda index, _: index < n, body, (0, images))
-    return images
+
+def _random_blur_of_padded(padded, seed, probability, sigma_range):
+    """random_gaussian_blur of images [n, H, W + 2 * BLUR_RADIUS, C] padded by _pad_columns."""
+    _, height, padded_width, channels = padded.shape
+    rows = tf.reshape(padded, [-1, height, padded_width * channels])
+    rows = _fused_blur_padded(rows, seed, channels=channels, probability=probability,
+                              sigma_range=tuple(sigma_range))
+    # Back to pixels outside XLA, where a reshape is free; inside, XLA would loop over C.
+    return tf.reshape(rows, [-1, height, padded_width - 2 * BLUR_RADIUS, channels])
 
 
 def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_RANGE):
     """Blurs each image of [n, H, W, 3] with `probability`, sigma uniform in `sigma_range` (pixels).
 
-    H and W must be at least BLUR_MIN_SIZE.
+    H and W must be static and at least BLUR_MIN_SIZE. Reflect padding.
     """
-    return _fused_blur_some(images, seed, probability, tuple(sigma_range))
-
-
-_fused_blur_some = tf.function(_blur_some, jit_compile=True)
+    return _random_blur_of_padded(_fused_pad_columns(images), seed, probability, sigma_range)
 
 
 def _view_photometry(views, mean_color, seed, *, value_range, hflip, color_strength,
-                     grayscale, blur, blur_sigma_range):
+                     grayscale, pad_for_blur):
     n = tf.shape(views)[0]
     if hflip:
         flip = random_flips(fold_seed(seed, _FLIP), n)
@@ -391,9 +381,7 @@ def _view_photometry(views, mean_color, seed, *, value_range, hflip, color_stren
     if grayscale:
         transforms = grayscale_transforms(n, fold_seed(seed, _GRAY)) @ transforms
     views = apply_color_transform(views, transforms)
-    if blur:
-        views = _blur_some(views, fold_seed(seed, _BLUR), 0.5, blur_sigma_range)
-    return views
+    return _pad_columns(views) if pad_for_blur else views
 
 
 _fused_view_photometry = tf.function(_view_photometry, jit_compile=True)
@@ -401,22 +389,25 @@ _fused_view_photometry = tf.function(_view_photometry, jit_compile=True)
 
 def view_photometry(views, seed, *, value_range=255.0, hflip=True, color_strength=1.0,
                     grayscale=True, blur=False, blur_sigma_range=BLUR_SIGMA_RANGE):
-    """SimAugment's per-view ops on a stack of views [n, S, S, 3], as one XLA program.
+    """SimAugment's per-view ops on a stack of views [n, S, S, 3], as XLA programs.
 
     In order: mirror left-right with p = 0.5 (if hflip), colour jitter of
     strength color_strength with p = 0.8 (None: no jitter), grayscale with
     p = 0.2 (if grayscale), Gaussian blur with p = 0.5 (if blur). Inputs are in
     [0, value_range] (255 for the output of the crops); outputs are float32 in
-    [0, 1], each view with its own random parameters. Run on a whole batch,
-    the program's fixed cost is shared by all its views.
+    [0, 1], each view with its own random parameters. The flip and the colour
+    ops are one program, the blur a second one. Run on a whole batch, their
+    fixed cost is shared by all its views.
     """
     mean = tf.zeros([tf.shape(views)[0], 3])
     if color_strength is not None:
         mean = mean_color(views) / value_range  # outside XLA, where this reduction is faster
-    return _fused_view_photometry(
-        views, mean, seed, value_range=float(value_range), hflip=hflip,
-        color_strength=color_strength, grayscale=grayscale, blur=blur,
-        blur_sigma_range=tuple(blur_sigma_range))
+    views = _fused_view_photometry(views, mean, seed, value_range=float(value_range), hflip=hflip,
+                                   color_strength=color_strength, grayscale=grayscale,
+                                   pad_for_blur=blur)
+    if blur:
+        views = _random_blur_of_padded(views, fold_seed(seed, _BLUR), 0.5, blur_sigma_range)
+    return views
 
 
 # ---------------------------------------------------------------------------- op policies

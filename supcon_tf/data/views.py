@@ -6,7 +6,7 @@ Work is split in two stages, so that the photometric ops run once per batch:
         cut the V random resized crops (for the op policies, also flip them and
         run the policy per view) -> float32 [V, S, S, 3]
     batch_views(views, seed, spec)      per batch, after batching: SimAugment's
-        photometric ops as one XLA program on the flattened [b * V, S, S, 3]
+        photometric ops as XLA programs on the flattened [b * V, S, S, 3]
         -> float32 [b, V, S, S, 3] in [0, 1]
 
 Views are never stacked in the channel axis.
