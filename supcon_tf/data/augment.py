@@ -345,7 +345,8 @@ def _blur_padded(rows, seed, *, channels, probability, sigma_range):
 
 
 _fused_pad_columns = tf.function(_pad_columns, jit_compile=True)
-# Its own program: XLA would fuse the padding into each of the 13 taps of the vertical pass.
+# The padding runs as its own program, or at the end of the colour program: in the
+# blur's program XLA would redo it in each of the vertical pass's 13 taps.
 _fused_blur_padded = tf.function(_blur_padded, jit_compile=True)
 
 
