@@ -222,7 +222,8 @@ def test_view_photometry_jitter_and_grayscale_equal_the_ops_alone():
 
 
 def test_view_photometry_blur_equals_numpy_blur_of_the_selected_views():
-    views = _pixel_views(6)
+    # Not square, so that padding or blurring along the wrong axis shows.
+    views = tf.constant(255.0 * np.random.default_rng(0).uniform(size=(6, 16, 24, 3)), tf.float32)
     out = augment.view_photometry(views, SEED, hflip=False, color_strength=None,
                                   grayscale=False, blur=True, blur_sigma_range=(0.8, 0.8)).numpy()
     scaled = views.numpy() / 255.0
