@@ -21,7 +21,7 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest",
-            "pytest-xdist",
+            "pytest-xdist>=3",
             "tf-keras~=2.21.0",
             "matplotlib",
             "pillow",

@@ -49,3 +49,8 @@ def mirrored_strategy(num_replicas):
 def load_config(filename, arg=None):
     """get_config(arg) of configs/<filename>, loaded by path as main.py's --config does."""
     return runpy.run_path(os.path.join(REPO, "configs", filename))["get_config"](arg)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked slow run first, so that the suite's two workers (pytest.ini) end together."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -10,6 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_main_trains_evaluates_and_writes_results(tmp_path):
     workdir = tmp_path / "run"
     command = [sys.executable, "main.py", "--config=configs/digits.py:tiny",

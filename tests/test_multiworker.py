@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multiworker_worker.py")
@@ -56,6 +57,7 @@ def finish_all(processes):
         assert process.returncode == 0, output[-3000:]
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_loopback_ports(NUM_WORKERS)]}
     worker_outputs = [str(tmp_path / f"worker{i}.npz") for i in range(NUM_WORKERS)]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +21,7 @@ TIMEOUT_S = 300
 STEPS_PER_LOOP = 2
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_step_range_and_keeps_finite_checkpoint(tmp_path):
     workdir = str(tmp_path / "workdir")
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")

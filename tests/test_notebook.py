@@ -4,6 +4,7 @@ import json
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from test_export import REPO, shared_export
@@ -27,6 +28,7 @@ def test_notebook_is_colab_ready_and_stored_without_outputs():
     assert "hub.KerasLayer" in "".join(cell.source for cell in code_cells)
 
 
+@pytest.mark.slow
 def test_notebook_runs_end_to_end(tmp_path_factory, tmp_path, monkeypatch):
     exported = shared_export(tmp_path_factory)
     output_dir = tmp_path / "notebook_out"

@@ -109,6 +109,7 @@ def leave_partial_save(checkpoint_dir, number):
         f.write(b"\x00trunc")
 
 
+@pytest.mark.slow
 def test_killed_and_preempted_run_ends_like_uninterrupted_run(tmp_path):
     reference_dir, resumed_dir = str(tmp_path / "reference"), str(tmp_path / "resumed")
     checkpoint_dir = os.path.join(resumed_dir, "checkpoints")

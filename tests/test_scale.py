@@ -101,6 +101,7 @@ def train_two_steps(config, strategy, batch, initial_weights=None):
     return before, model.get_weights(), {k: float(v) for k, v in metrics.items()}
 
 
+@pytest.mark.slow
 def test_two_training_steps_on_8_replicas_match_one_device(strategy):
     config = tiny_config()
     size = config.data.image_size

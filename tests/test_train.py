@@ -86,6 +86,7 @@ def test_four_replica_steps(method, four_replicas):
         assert np.all(np.isfinite(variable.numpy()))
 
 
+@pytest.mark.slow
 def test_four_replicas_take_the_one_device_step_on_the_global_batch(four_replicas):
     """With synchronized BN, 4 replicas match one device holding the global batch, step by step."""
     config = tiny_config("supcon", global_batch_size=16)
@@ -113,6 +114,7 @@ def final_weights(workdir):
             if name.startswith("model/")}
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     config = tiny_config("supcon")
     strategy = tf.distribute.get_strategy()
@@ -148,6 +150,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path, monkeypatc
                                    err_msg=name)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_without_saving(tmp_path, monkeypatch):
     config = tiny_config("supcon")
     monkeypatch.setattr(train, "supcon_loss",
