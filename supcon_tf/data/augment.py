@@ -13,8 +13,12 @@ are two kinds:
   one for the blur.
 
 Keras 3's augmentation layers are not used: they draw from stateful seed
-generators, so a resumed run could not replay the same augmentations, and they
-take one random order for a whole batch where SimAugment wants one per image.
+generators, so a resumed run could not replay the same augmentations;
+RandomColorJitter applies its four ops always and in one fixed order, where
+SimAugment applies them with p = 0.8 in a random order per image;
+RandomGaussianBlur draws one sigma per batch, not per image; and they are
+slower (benchmarks/augment_bench.py: their four ops cost about 85 core-ms per
+224 x 224 view even under XLA, the jitter alone 2.2, against 0.8 here).
 """
 
 import math
