@@ -46,8 +46,8 @@ def keras_layers():
             hue_factor=0.2 * COLOR_STRENGTH, seed=2),
         "grayscale": keras.layers.RandomGrayscale(factor=0.2, seed=3),
         "gaussian_blur": keras.layers.RandomGaussianBlur(
-            factor=(0.5, 0.5), kernel_size=2 * augment.BLUR_RADIUS + 1, sigma=augment.BLUR_SIGMA_RANGE,
-            value_range=(0, 255), seed=4),
+            factor=(0.5, 0.5), kernel_size=2 * augment.BLUR_RADIUS + 1,
+            sigma=augment.BLUR_SIGMA_RANGE, value_range=(0, 255), seed=4),
     }
 
 
