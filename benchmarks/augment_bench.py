@@ -1,16 +1,17 @@
-"""SimAugment's batch stage against Keras 3's augmentation layers, per view.
+"""SimAugment's photometric ops against Keras 3's augmentation layers, per view.
 
 supcon_tf.data writes its own photometric ops because Keras 3's layers were
 measured slower (and they draw from stateful seeds). This times both on the same
-batch of views (float32 in 0-255, as the crops leave them) in one process, in
-alternating rounds, and reports core-milliseconds per view (process CPU time, so
-that work spread over threads is counted in full):
+views (float32 in 0-255, as the crops leave them) in one process, in alternating
+rounds, and reports core-milliseconds per view (process CPU time, so that work
+spread over threads is counted in full):
 
-  ours          augment.view_photometry: flip, colour jitter, grayscale, blur
+  ours          augment.view_photometry on each image's 2 views, as the input
+                pipeline runs it: flip, colour jitter, grayscale, blur
   ours_no_blur  the same without the blur (CIFAR's recipe)
   keras_<op>    RandomFlip, RandomColorJitter, RandomGrayscale, RandomGaussianBlur
-                with SimAugment's settings, each traced by tf.function without
-                and with XLA (keras_<op>_xla)
+                on the whole batch with SimAugment's settings, each traced by
+                tf.function without and with XLA (keras_<op>_xla)
 
 keras_over_ours compares the sum of the faster Keras variant of each op with ours.
 Run: python benchmarks/augment_bench.py [--views 128] [--size 224] [--rounds 3]
@@ -69,19 +70,21 @@ def core_ms_per_view(fn, num_views, min_seconds=0.5):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--views", type=int, default=128, help="views per batch (64 images x 2)")
+    parser.add_argument("--views", type=int, default=128, help="views (64 images x 2)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     views = tf.random.uniform([args.views, args.size, args.size, 3], 0.0, 255.0, seed=0)
     seed = tf.constant([0, 0])
-    candidates = {
-        "ours": tf.function(lambda: augment.view_photometry(
-            views, seed, color_strength=COLOR_STRENGTH, blur=True)),
-        "ours_no_blur": tf.function(lambda: augment.view_photometry(
-            views, seed, color_strength=COLOR_STRENGTH, blur=False)),
-    }
+
+    def ours(blur):
+        images = tf.unstack(tf.reshape(views, [-1, 2, args.size, args.size, 3]))
+        return tf.function(lambda: [augment.view_photometry(
+            pair, augment.fold_seed(seed, i), color_strength=COLOR_STRENGTH, blur=blur)
+            for i, pair in enumerate(images)])
+
+    candidates = {"ours": ours(blur=True), "ours_no_blur": ours(blur=False)}
     layers = keras_layers()
     for name, layer in layers.items():
         candidates[f"keras_{name}"] = tf.function(lambda layer=layer: layer(views))

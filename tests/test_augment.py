@@ -1,5 +1,7 @@
 """Each augmentation alone, eagerly and inside tf.data, against numpy references and invariants."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -140,7 +142,9 @@ def test_random_grayscale_matches_luma_with_probability():
     assert 0.15 < gray_rows.mean() < 0.25
 
 
-def _numpy_blur(image, sigma, radius):
+def _numpy_blur(image, sigma):
+    """Reflect-padded separable Gaussian with ceil(3 sigma) taps on each side."""
+    radius = math.ceil(3 * sigma)
     taps = np.arange(-radius, radius + 1)
     kernel = np.exp(-taps ** 2 / (2 * sigma ** 2))
     kernel /= kernel.sum()
@@ -150,27 +154,42 @@ def _numpy_blur(image, sigma, radius):
     return sum(k * rows[:, i:i + width] for i, k in enumerate(kernel))
 
 
-@pytest.mark.parametrize("height,width", [(16, 16), (augment.BLUR_MIN_SIZE, 40)])
-def test_gaussian_blur_matches_numpy_convolution(height, width):
-    images = tf.constant(np.random.default_rng(0).uniform(size=(3, height, width, 3)), tf.float32)
+# Not all square, so that padding or blurring along the wrong axis shows; the sigmas
+# give kernel radii 4, 6 (the largest) and 1.
+@pytest.mark.parametrize("height,width,sigma", [(16, 16, 1.3), (augment.BLUR_MIN_SIZE, 40, 2.0),
+                                                (16, 20, 0.3)])
+def test_gaussian_blur_matches_numpy_convolution(height, width, sigma):
+    images = tf.constant(np.random.default_rng(0).uniform(size=(2, height, width, 3)), tf.float32)
     out = augment.random_gaussian_blur(images, SEED, probability=1.0,
-                                       sigma_range=(1.3, 1.3)).numpy()
+                                       sigma_range=(sigma, sigma)).numpy()
     for image, blurred in zip(images.numpy(), out):
-        np.testing.assert_allclose(blurred, _numpy_blur(image, 1.3, augment.BLUR_RADIUS),
-                                   atol=1e-5)
-    untouched = augment.random_gaussian_blur(images, SEED, probability=0.0)
+        np.testing.assert_allclose(blurred, _numpy_blur(image, sigma), atol=1e-5)
+    untouched = augment.random_gaussian_blur(images, SEED, probability=0.0,
+                                             sigma_range=(sigma, sigma))
     np.testing.assert_array_equal(untouched.numpy(), images.numpy())
     in_dataset = _in_dataset(
-        lambda i, s: augment.random_gaussian_blur(i, s, probability=1.0, sigma_range=(1.3, 1.3)),
+        lambda i, s: augment.random_gaussian_blur(i, s, probability=1.0,
+                                                  sigma_range=(sigma, sigma)),
         images, SEED)
     np.testing.assert_allclose(in_dataset.numpy(), out, atol=1e-6)
 
 
+def test_gaussian_blur_keeps_white_images_white():
+    # The kernel's weights sum to 1 only up to rounding; the output must still stay in [0, 1].
+    white = tf.ones([augment.BLUR_RADIUS, 16, 16, 3])
+    for salt in range(30):
+        out = augment.random_gaussian_blur(white, augment.fold_seed(SEED, salt), probability=1.0)
+        assert float(tf.reduce_max(out)) <= 1.0
+        np.testing.assert_allclose(out.numpy(), 1.0, atol=1e-6)
+
+
 def test_gaussian_blur_applies_with_probability():
-    images = _random_images(40, size=16)
-    out = augment.random_gaussian_blur(images, SEED).numpy()
-    unchanged = np.all(out == images.numpy(), axis=(1, 2, 3))
-    assert 0.25 < unchanged.mean() < 0.75
+    images = _random_images(4, size=16)
+    unchanged = []
+    for salt in range(10):
+        out = augment.random_gaussian_blur(images, augment.fold_seed(SEED, salt)).numpy()
+        unchanged.extend(np.all(out == images.numpy(), axis=(1, 2, 3)))
+    assert 0.25 < np.mean(unchanged) < 0.75
 
 
 def _pixel_views(n, size=16, seed=0):
@@ -206,43 +225,51 @@ def test_view_photometry_alone_rescales_and_flips_half_the_views():
     np.testing.assert_allclose(kept.numpy(), expected, atol=1e-6)
 
 
-def test_view_photometry_jitter_and_grayscale_equal_the_ops_alone():
-    # Under XLA the stateless random ops draw other numbers than the TF kernels
-    # do for the same seed, so the ops alone are compiled too.
+def test_view_photometry_jitter_and_grayscale_follow_their_draws():
+    # view_photometry draws [V, PHOTOMETRY_DRAWS] uniforms in one op under XLA, where
+    # the stateless random ops give other numbers than the TF kernels: drawn the same way here.
     views = _pixel_views(2)
     scaled = views / 255.0
+    draws = tf.function(lambda s: tf.random.stateless_uniform([2, augment.PHOTOMETRY_DRAWS], s),
+                        jit_compile=True)(SEED)
     jittered = augment.view_photometry(views, SEED, hflip=False, grayscale=False)
-    alone = tf.function(lambda x, s: augment.color_jitter(x, s, strength=1.0), jit_compile=True)(
-        scaled, augment.fold_seed(SEED, augment._JITTER))
-    np.testing.assert_allclose(jittered.numpy(), alone.numpy(), atol=1e-5)
+    transforms = augment.color_jitter_transforms(
+        augment.mean_color(scaled), draws[:, augment.JITTER_COLUMNS], strength=1.0)
+    np.testing.assert_allclose(jittered.numpy(),
+                               augment.apply_color_transform(scaled, transforms).numpy(), atol=1e-5)
     gray = augment.view_photometry(views, SEED, hflip=False, color_strength=None)
-    alone = tf.function(augment.random_grayscale, jit_compile=True)(
-        scaled, augment.fold_seed(SEED, augment._GRAY))
-    np.testing.assert_allclose(gray.numpy(), alone.numpy(), atol=1e-5)
+    transforms = augment.grayscale_transforms(draws[:, augment.GRAY_COLUMN])
+    np.testing.assert_allclose(gray.numpy(),
+                               augment.apply_color_transform(scaled, transforms).numpy(), atol=1e-5)
 
 
 def test_view_photometry_blur_equals_numpy_blur_of_the_selected_views():
     # Not square, so that padding or blurring along the wrong axis shows.
-    views = tf.constant(255.0 * np.random.default_rng(0).uniform(size=(6, 16, 24, 3)), tf.float32)
-    out = augment.view_photometry(views, SEED, hflip=False, color_strength=None,
-                                  grayscale=False, blur=True, blur_sigma_range=(0.8, 0.8)).numpy()
+    views = tf.constant(255.0 * np.random.default_rng(0).uniform(size=(4, 16, 24, 3)), tf.float32)
     scaled = views.numpy() / 255.0
-    blurred = [np.allclose(o, _numpy_blur(x, 0.8, augment.BLUR_RADIUS), atol=1e-5)
-               for o, x in zip(out, scaled)]
-    unchanged = [np.allclose(o, x, atol=1e-6) for o, x in zip(out, scaled)]
+    blurred, unchanged = [], []
+    for salt in range(3):
+        out = augment.view_photometry(views, augment.fold_seed(SEED, salt), hflip=False,
+                                      color_strength=None, grayscale=False, blur=True,
+                                      blur_sigma_range=(0.8, 0.8)).numpy()
+        for o, x in zip(out, scaled):
+            blurred.append(np.allclose(o, _numpy_blur(x, 0.8), atol=1e-5))
+            unchanged.append(np.allclose(o, x, atol=1e-6))
     assert all(b != u for b, u in zip(blurred, unchanged))
     assert any(blurred) and any(unchanged)
 
 
-def test_batch_views_simaugment_keeps_shape_range_and_is_seeded():
+def test_example_views_simaugment_keeps_shape_range_and_is_seeded():
     spec = views_lib.ViewSpec(augment="simaugment", image_size=16, num_views=2, blur=True)
-    views = tf.reshape(_pixel_views(8), [4, 2, 16, 16, 3])
-    out = views_lib.batch_views(views, SEED, spec)
-    assert out.shape == (4, 2, 16, 16, 3)
+    encoded = tf.io.encode_png(_ramp_image(20, 24))
+    out = views_lib.example_views(encoded, SEED, spec)
+    assert out.shape == (2, 16, 16, 3)
     assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
-    np.testing.assert_array_equal(out.numpy(), views_lib.batch_views(views, SEED, spec).numpy())
-    other = views_lib.batch_views(views, tf.constant([1, 2]), spec)
+    np.testing.assert_array_equal(out.numpy(), views_lib.example_views(encoded, SEED, spec))
+    other = views_lib.example_views(encoded, tf.constant([1, 2]), spec)
     assert not np.allclose(other.numpy(), out.numpy())
+    in_dataset = _in_dataset(lambda e, s: views_lib.example_views(e, s, spec), encoded, SEED)
+    np.testing.assert_allclose(in_dataset.numpy(), out.numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["autoaugment", "stacked_randaugment"])
@@ -253,6 +280,5 @@ def test_policy_modes_give_views_in_range(mode):
     encoded = tf.io.encode_png(_ramp_image(20, 24))
     views = _in_dataset(lambda e, s: views_lib.example_views(e, s, spec), encoded, SEED)
     assert views.shape == (2, 16, 16, 3)
-    batch = views_lib.batch_views(views[None], SEED, spec)
-    assert float(tf.reduce_min(batch)) >= 0.0 and float(tf.reduce_max(batch)) <= 1.0
-    assert not np.allclose(batch[0, 0].numpy(), batch[0, 1].numpy())
+    assert float(tf.reduce_min(views)) >= 0.0 and float(tf.reduce_max(views)) <= 1.0
+    assert not np.allclose(views[0].numpy(), views[1].numpy())

@@ -8,25 +8,26 @@ are two kinds:
   example right after decoding (TF ops, since image sizes vary);
 * photometry on a stack of images [n, H, W, 3] float32 (flips, colour jitter,
   grayscale, blur), with one set of random parameters per image. Each op works
-  alone; view_photometry runs them on a batch of views as two XLA programs,
-  one that fuses the flip and the colour ops into one pass over the pixels and
-  one for the blur.
+  alone; view_photometry runs them all on the views of one example as one XLA
+  program: the flip and the colour ops in one pass over the pixels, then a
+  conditional per view that blurs it or not.
 
 Keras 3's augmentation layers are not used: they draw from stateful seed
 generators, so a resumed run could not replay the same augmentations;
 RandomColorJitter applies its four ops always and in one fixed order, where
 SimAugment applies them with p = 0.8 in a random order per image;
 RandomGaussianBlur draws one sigma per batch, not per image; and they are
-slower (benchmarks/augment_bench.py: their four ops cost about 85 core-ms per
-224 x 224 view even under XLA, the jitter alone 2.2, against 0.8 here).
+slower (benchmarks/augment_bench.py: their four ops cost about 4 core-ms per
+224 x 224 view at best, the jitter alone 0.9 under XLA, against 0.3 here).
 """
 
+import functools
 import math
 
 import numpy as np
 import tensorflow as tf
 
-# Gaussian blur support: 3 sigma of the largest sigma (2.0) on each side.
+# Gaussian blur: each kernel reaches 3 sigma on each side, at most BLUR_RADIUS pixels.
 BLUR_SIGMA_RANGE = (0.1, 2.0)
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA_RANGE[1])
 # Reflect padding by BLUR_RADIUS needs a larger image.
@@ -35,14 +36,26 @@ ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 
 # Colour-jitter ops, applied in a random order per image.
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
-# Salts that give each op of view_photometry its own random stream.
-_FLIP, _JITTER, _GRAY, _BLUR = range(4)
+# view_photometry draws [n, PHOTOMETRY_DRAWS] uniforms in one op (each random op costs
+# a fixed amount under XLA, and it runs per example); these are each op's columns.
+JITTER_DRAWS = 9  # apply, brightness, contrast, saturation, hue, then 4 for the order
+BLUR_DRAWS = 2  # apply, sigma
+FLIP_COLUMN = 0
+JITTER_COLUMNS = slice(FLIP_COLUMN + 1, FLIP_COLUMN + 1 + JITTER_DRAWS)
+GRAY_COLUMN = JITTER_COLUMNS.stop
+BLUR_COLUMNS = slice(GRAY_COLUMN + 1, GRAY_COLUMN + 1 + BLUR_DRAWS)
+PHOTOMETRY_DRAWS = BLUR_COLUMNS.stop
 
 
 def fold_seed(seed, salt):
     """A new int32 [2] seed from `seed` and an integer `salt` (a stream index, a view, an op)."""
     seed = tf.cast(seed, tf.int32)
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(salt, tf.int32))
+
+
+def split_seed(seed, num):
+    """num independent int32 [2] seeds from `seed`, as [num, 2], in one random op."""
+    return tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), num)
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -56,18 +69,19 @@ def sample_crop_windows(image_shape, seed, *, num_views, area_range,
     `aspect_ratio_range`; after 100 failed attempts a window is the whole image.
     """
     image_shape = tf.cast(image_shape, tf.int32)
+    seeds = split_seed(seed, num_views)
     windows = []
     for view in range(num_views):
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
             image_shape,
             bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-            seed=fold_seed(seed, view),
+            seed=seeds[view],
             min_object_covered=0.0,
             aspect_ratio_range=aspect_ratio_range,
             area_range=area_range,
             max_attempts=100,
             use_image_if_no_bounding_boxes=True)
-        windows.append(tf.stack([begin[0], begin[1], size[0], size[1]]))
+        windows.append(tf.concat([begin[:2], size[:2]], axis=0))
     return tf.stack(windows)
 
 
@@ -83,18 +97,17 @@ def resized_crops(image, windows, size):
 
     Returns float32 [V, size, size, C] in the input's value range (0-255 for
     uint8). Slicing then resizing costs about 0.6x of one crop_and_resize op
-    for all views on the CPU.
+    for all views on the CPU. Each crop is cast to float32 first: the bilinear
+    kernel loads float pixels with vector loads but converts uint8 ones one
+    channel at a time, and the cast costs less than the difference.
     """
     crops = []
     for view in range(windows.shape[0]):
-        top, left, height, width = (windows[view, i] for i in range(4))
-        crops.append(tf.image.resize(image[top:top + height, left:left + width], [size, size]))
+        window = windows[view]
+        crop = tf.slice(image, tf.concat([window[:2], [0]], axis=0),
+                        tf.concat([window[2:], [-1]], axis=0))
+        crops.append(tf.image.resize(tf.cast(crop, tf.float32), [size, size]))
     return tf.stack(crops)
-
-
-def random_flips(seed, num_views, probability=0.5):
-    """[num_views] bool: which views to mirror left-right."""
-    return tf.random.stateless_uniform([num_views], seed) < probability
 
 
 def random_resized_crop_views(image, seed, *, num_views, size, area_range):
@@ -194,8 +207,11 @@ def _hue_rotation(delta):
     return tf.constant(_YIQ_TO_RGB)[None] @ rotation @ tf.constant(_RGB_TO_YIQ)[None]
 
 
-def color_jitter_transforms(mean_color, seed, *, strength, probability=0.8):
+def color_jitter_transforms(mean_color, uniform, *, strength, probability=0.8):
     """Per-image colour-jitter transforms [n, 4, 4], given each image's mean colour [n, 3].
+
+    uniform [n, JITTER_DRAWS]: the image's draws from U[0, 1), which decide
+    everything below.
 
     SimCLR colour distortion of strength s: with `probability`, brightness,
     contrast and saturation factors from [max(0, 1 - 0.8 s), 1 + 0.8 s] and a hue
@@ -211,14 +227,12 @@ def color_jitter_transforms(mean_color, seed, *, strength, probability=0.8):
     rather than after each op.
     """
     n = tf.shape(mean_color)[0]
-    apply = tf.random.stateless_uniform([n], fold_seed(seed, 0)) < probability
+    apply = uniform[:, 0] < probability
     low, high = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
-    brightness, contrast, saturation = [
-        tf.random.stateless_uniform([n], fold_seed(seed, 1 + op), minval=low, maxval=high)
-        for op in (_BRIGHTNESS, _CONTRAST, _SATURATION)]
-    hue_delta = tf.random.stateless_uniform([n], fold_seed(seed, 4),
-                                            minval=-0.2 * strength, maxval=0.2 * strength)
-    order = tf.argsort(tf.random.stateless_uniform([n, 4], fold_seed(seed, 5)), axis=1)
+    brightness, contrast, saturation = [low + (high - low) * uniform[:, 1 + op]
+                                        for op in (_BRIGHTNESS, _CONTRAST, _SATURATION)]
+    hue_delta = 0.2 * strength * (2.0 * uniform[:, 4] - 1.0)
+    order = tf.argsort(uniform[:, 5:], axis=1)
 
     zero_bias = tf.zeros([n, 3])
     eye = tf.eye(3, batch_shape=[n])
@@ -241,9 +255,10 @@ def color_jitter_transforms(mean_color, seed, *, strength, probability=0.8):
     return transform
 
 
-def grayscale_transforms(n, seed, probability=0.2):
-    """Per-image transforms [n, 4, 4]: gray (3 equal channels) with `probability`, else identity."""
-    to_gray = tf.random.stateless_uniform([n], seed) < probability
+def grayscale_transforms(uniform, probability=0.2):
+    """Per-image transforms [n, 4, 4] for draws uniform [n]: gray with `probability`."""
+    n = tf.shape(uniform)[0]
+    to_gray = uniform < probability
     gray = _homogeneous(_gray_matrix(n), tf.zeros([n, 3]))
     return tf.where(to_gray[:, None, None], gray, _identities(n))
 
@@ -275,7 +290,8 @@ def mean_color(images):
 
 def color_jitter(images, seed, *, strength, probability=0.8):
     """Colour jitter (see color_jitter_transforms) of images [n, H, W, 3] in [0, 1]."""
-    transforms = color_jitter_transforms(mean_color(images), seed, strength=strength,
+    uniform = tf.random.stateless_uniform([tf.shape(images)[0], JITTER_DRAWS], seed)
+    transforms = color_jitter_transforms(mean_color(images), uniform, strength=strength,
                                          probability=probability)
     return apply_color_transform(images, transforms)
 
@@ -283,25 +299,31 @@ def color_jitter(images, seed, *, strength, probability=0.8):
 def random_grayscale(images, seed, probability=0.2):
     """Each image of [n, H, W, 3] becomes gray (3 equal channels) with `probability`."""
     return apply_color_transform(
-        images, grayscale_transforms(tf.shape(images)[0], seed, probability))
+        images,
+        grayscale_transforms(tf.random.stateless_uniform([tf.shape(images)[0]], seed), probability))
 
 
-def gaussian_kernels(sigma, radius=BLUR_RADIUS):
-    """Normalized 1-D Gaussian kernels [n, 2 * radius + 1] for sigma [n]."""
+def blur_radius(sigma):
+    """Taps on each side of the Gaussian kernel of each sigma [n]: ceil(3 sigma), at least 1."""
+    return tf.clip_by_value(tf.cast(tf.math.ceil(3.0 * sigma), tf.int32), 1, BLUR_RADIUS)
+
+
+def gaussian_kernel(sigma, radius):
+    """Normalized 1-D Gaussian [2 * radius + 1] for a scalar sigma; radius is a Python int."""
     taps = tf.range(-radius, radius + 1, dtype=tf.float32)
-    weights = tf.exp(-tf.square(taps)[None, :] / (2.0 * tf.square(sigma)[:, None]))
-    return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
+    weights = tf.exp(-tf.square(taps) / (2.0 * tf.square(sigma)))
+    return weights / tf.reduce_sum(weights)
 
 
-def _weighted_shifts(rows, kernels, axis, length, stride):
-    """sum over t of kernels[:, t] * rows shifted by t * stride along axis (1 or 2) of [n, A, B]."""
+def _weighted_shifts(rows, kernel, axis, length, stride, offset=0):
+    """Sum over t of kernel[t] * rows [A, B] shifted by offset + t * stride along axis (0 or 1)."""
     total = None
-    for tap in range(kernels.shape[1]):
-        begin = [0, 0, 0]
-        begin[axis] = tap * stride
-        size = [-1, -1, -1]
+    for tap in range(kernel.shape[0]):
+        begin = [0, 0]
+        begin[axis] = offset + tap * stride
+        size = [-1, -1]
         size[axis] = length
-        term = kernels[:, tap, None, None] * tf.slice(rows, begin, size)
+        term = kernel[tap] * tf.slice(rows, begin, size)
         total = term if total is None else total + term
     return total
 
@@ -316,103 +338,119 @@ def _pad_columns(images):
     return tf.pad(images, [[0, 0], [0, 0], [BLUR_RADIUS, BLUR_RADIUS], [0, 0]], mode="REFLECT")
 
 
-def _vertical_blur(rows, kernels):
-    """Blur along the image height of rows [n, H, L], reflect padding at the top and bottom."""
-    height = rows.shape[1]
-    radius = (kernels.shape[1] - 1) // 2
-    interior = _weighted_shifts(rows, kernels, 1, height - 2 * radius, 1)
+def _vertical_blur(rows, kernel):
+    """Blur along the height of rows [H, L], reflect padding at the top and bottom."""
+    height = rows.shape[0]
+    radius = (kernel.shape[0] - 1) // 2
+    interior = _weighted_shifts(rows, kernel, 0, height - 2 * radius, 1)
     # Each border strip of `radius` outputs needs 2 * radius inputs, mirrored outwards.
-    first = tf.pad(rows[:, :2 * radius], [[0, 0], [radius, 0], [0, 0]], mode="REFLECT")
-    last = tf.pad(rows[:, height - 2 * radius:], [[0, 0], [0, radius], [0, 0]], mode="REFLECT")
-    borders = [_weighted_shifts(strip, kernels, 1, radius, 1) for strip in (first, last)]
-    return tf.concat([borders[0], interior, borders[1]], axis=1)
+    first = tf.pad(rows[:2 * radius], [[radius, 0], [0, 0]], mode="REFLECT")
+    last = tf.pad(rows[height - 2 * radius:], [[0, radius], [0, 0]], mode="REFLECT")
+    borders = [_weighted_shifts(strip, kernel, 0, radius, 1) for strip in (first, last)]
+    return tf.concat([borders[0], interior, borders[1]], axis=0)
 
 
-def _blur_padded(rows, seed, *, channels, probability, sigma_range):
-    """Blurs each image with `probability`, sigma uniform in range; reflect padding.
+def _blur_rows(rows, sigma, radius, channels):
+    """One image as rows [H, (W + 2 * BLUR_RADIUS) * C] padded by _pad_columns -> rows [H, W * C].
 
-    rows [n, H, (W + 2 * BLUR_RADIUS) * C]: images padded by _pad_columns, viewed
-    as rows so that both passes shift along a contiguous row (by a row for the
-    vertical pass, by C for the horizontal one) and every loop XLA emits runs
-    over long rows. Returns rows [n, H, W * C]. All images go through the blur,
-    the unselected ones with the identity kernel (exact: its other taps add
-    zeros), which on the CPU costs less than blurring only the selected ones.
+    The kernel has `radius` taps on each side. Rows keep every pass a loop along
+    a whole row (the horizontal taps shift by C), which XLA vectorizes; a loop
+    whose innermost axis is the C channels does not.
     """
-    n = tf.shape(rows)[0]
-    selected = tf.random.stateless_uniform([n], fold_seed(seed, 0)) < probability
-    sigma = tf.random.stateless_uniform([n], fold_seed(seed, 1),
-                                        minval=sigma_range[0], maxval=sigma_range[1])
-    identity = tf.one_hot(BLUR_RADIUS, 2 * BLUR_RADIUS + 1)[None]
-    kernels = tf.where(selected[:, None], gaussian_kernels(sigma), identity)
-    width = rows.shape[2] // channels - 2 * BLUR_RADIUS
-    return _weighted_shifts(_vertical_blur(rows, kernels), kernels, 2, width * channels, channels)
+    kernel = gaussian_kernel(sigma, radius)
+    width = rows.shape[1] // channels - 2 * BLUR_RADIUS
+    blurred = _weighted_shifts(_vertical_blur(rows, kernel), kernel, 1, width * channels,
+                               channels, offset=(BLUR_RADIUS - radius) * channels)
+    # The weights sum to 1 only up to rounding, which can push a white pixel past 1.
+    return tf.clip_by_value(blurred, 0.0, 1.0)
 
 
-_fused_pad_columns = tf.function(_pad_columns, jit_compile=True)
-# The padding runs as its own program, or at the end of the colour program: in the
-# blur's program XLA would redo it in each of the vertical pass's 13 taps.
-_fused_blur_padded = tf.function(_blur_padded, jit_compile=True)
+def _blur_some(padded, uniform, probability, sigma_range):
+    """Blurs each image of padded [n, H, W + 2 * BLUR_RADIUS, C] with `probability` -> [n, H, W*C].
+
+    uniform [n, BLUR_DRAWS] decides which images and their sigma, uniform in
+    sigma_range; each kernel is cut at blur_radius(sigma) taps. Every image has
+    its own conditional over the radius, so an image left sharp costs one copy
+    and a small sigma few taps; n must be static.
+    """
+    n, height, padded_width, channels = padded.shape
+    width = padded_width - 2 * BLUR_RADIUS
+    selected = uniform[:, 0] < probability
+    sigma = sigma_range[0] + (sigma_range[1] - sigma_range[0]) * uniform[:, 1]
+    branch = tf.where(selected, blur_radius(sigma), 0)
+    rows = tf.reshape(padded, [n, height, padded_width * channels])
+    out = []
+    for i in range(n):
+        sharp = functools.partial(tf.slice, rows[i], [0, BLUR_RADIUS * channels],
+                                  [height, width * channels])
+        blurred = [functools.partial(_blur_rows, rows[i], sigma[i], radius, channels)
+                   for radius in range(1, BLUR_RADIUS + 1)]
+        out.append(tf.switch_case(branch[i], [sharp] + blurred))
+    return tf.stack(out)
 
 
-def _random_blur_of_padded(padded, seed, probability, sigma_range):
-    """random_gaussian_blur of images [n, H, W + 2 * BLUR_RADIUS, C] padded by _pad_columns."""
-    _, height, padded_width, channels = padded.shape
-    rows = tf.reshape(padded, [-1, height, padded_width * channels])
-    rows = _fused_blur_padded(rows, seed, channels=channels, probability=probability,
-                              sigma_range=tuple(sigma_range))
-    # Back to pixels outside XLA, where a reshape is free; inside, XLA would loop over C.
-    return tf.reshape(rows, [-1, height, padded_width - 2 * BLUR_RADIUS, channels])
+@functools.partial(tf.function, jit_compile=True)
+def _fused_blur(images, seed, probability, sigma_range):
+    uniform = tf.random.stateless_uniform([images.shape[0], BLUR_DRAWS], seed)
+    return _blur_some(_pad_columns(images), uniform, probability, sigma_range)
 
 
 def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_RANGE):
     """Blurs each image of [n, H, W, 3] with `probability`, sigma uniform in `sigma_range` (pixels).
 
-    H and W must be static and at least BLUR_MIN_SIZE. Reflect padding.
+    n, H and W must be static, H and W at least BLUR_MIN_SIZE. Reflect padding;
+    each kernel is cut at blur_radius(sigma) taps on each side (3 sigma).
     """
-    return _random_blur_of_padded(_fused_pad_columns(images), seed, probability, sigma_range)
+    rows = _fused_blur(images, seed, tf.constant(probability, tf.float32),
+                       tf.constant(sigma_range, tf.float32))
+    # Back to pixels outside XLA, where a reshape is free.
+    return tf.reshape(rows, tf.shape(images))
 
 
-def _view_photometry(views, mean_color, seed, *, value_range, hflip, color_strength,
-                     grayscale, pad_for_blur):
-    n = tf.shape(views)[0]
+def _photometry(views, mean_color, seed, *, value_range, hflip, color_strength, grayscale,
+                blur_sigma_range):
+    n = views.shape[0]
+    uniform = tf.random.stateless_uniform([n, PHOTOMETRY_DRAWS], seed)
     if hflip:
-        flip = random_flips(fold_seed(seed, _FLIP), n)
+        flip = uniform[:, FLIP_COLUMN] < 0.5
         views = tf.where(flip[:, None, None, None], tf.reverse(views, axis=[2]), views)
     scale = tf.constant([1.0 / value_range] * 3 + [1.0])
     transforms = tf.linalg.diag(tf.tile(scale[None], [n, 1]))
     if color_strength is not None:
-        transforms = color_jitter_transforms(mean_color, fold_seed(seed, _JITTER),
+        transforms = color_jitter_transforms(mean_color, uniform[:, JITTER_COLUMNS],
                                              strength=color_strength) @ transforms
     if grayscale:
-        transforms = grayscale_transforms(n, fold_seed(seed, _GRAY)) @ transforms
+        transforms = grayscale_transforms(uniform[:, GRAY_COLUMN]) @ transforms
     views = apply_color_transform(views, transforms)
-    return _pad_columns(views) if pad_for_blur else views
+    if blur_sigma_range is None:
+        return views
+    return _blur_some(_pad_columns(views), uniform[:, BLUR_COLUMNS], 0.5, blur_sigma_range)
 
 
-_fused_view_photometry = tf.function(_view_photometry, jit_compile=True)
+_fused_photometry = tf.function(_photometry, jit_compile=True)
 
 
 def view_photometry(views, seed, *, value_range=255.0, hflip=True, color_strength=1.0,
                     grayscale=True, blur=False, blur_sigma_range=BLUR_SIGMA_RANGE):
-    """SimAugment's per-view ops on a stack of views [n, S, S, 3], as XLA programs.
+    """SimAugment's per-view ops on the views of one example [V, H, W, 3], as one XLA program.
 
     In order: mirror left-right with p = 0.5 (if hflip), colour jitter of
     strength color_strength with p = 0.8 (None: no jitter), grayscale with
     p = 0.2 (if grayscale), Gaussian blur with p = 0.5 (if blur). Inputs are in
     [0, value_range] (255 for the output of the crops); outputs are float32 in
-    [0, 1], each view with its own random parameters. The flip and the colour
-    ops are one program, the blur a second one. Run on a whole batch, their
-    fixed cost is shared by all its views.
+    [0, 1], each view with its own random parameters. V, H and W must be static.
+
+    It runs per example: the views are small enough to stay in cache between
+    the passes, and each view is blurred or not in its own conditional. On a
+    batch each pass would stream the whole batch through memory.
     """
     mean = tf.zeros([tf.shape(views)[0], 3])
     if color_strength is not None:
         mean = mean_color(views) / value_range  # outside XLA, where this reduction is faster
-    views = _fused_view_photometry(views, mean, seed, value_range=float(value_range), hflip=hflip,
-                                   color_strength=color_strength, grayscale=grayscale,
-                                   pad_for_blur=blur)
-    if blur:
-        views = _random_blur_of_padded(views, fold_seed(seed, _BLUR), 0.5, blur_sigma_range)
-    return views
+    out = _fused_photometry(views, mean, seed, value_range=float(value_range), hflip=hflip,
+                            color_strength=color_strength, grayscale=grayscale,
+                            blur_sigma_range=tuple(blur_sigma_range) if blur else None)
+    return tf.reshape(out, tf.shape(views))
 
 
 # ---------------------------------------------------------------------------- op policies
@@ -430,5 +468,6 @@ def apply_policy(views, seed, policy):
     """
     num_views = views.shape[0]
     uint8_views = to_uint8(views)
-    out = [policy(uint8_views[view], fold_seed(seed, view)) for view in range(num_views)]
+    seeds = split_seed(seed, num_views)
+    out = [policy(uint8_views[view], seeds[view]) for view in range(num_views)]
     return tf.cast(tf.stack(out), tf.float32) / 255.0

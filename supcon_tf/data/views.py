@@ -1,15 +1,13 @@
 """Multi-view assembly: one encoded image -> V augmented views on their own axis.
 
-Work is split in two stages, so that the photometric ops run once per batch:
+Two stages, each per example in a parallel map of its own (see
+datasets.decode_and_batch):
 
-    example_views(encoded, seed, spec)  per example, in a parallel map: decode once,
-        cut the V random resized crops (for the op policies, also flip them and
-        run the policy per view) -> float32 [V, S, S, 3]
-    batch_views(views, seed, spec)      per batch, after batching: SimAugment's
-        photometric ops as XLA programs on the flattened [b * V, S, S, 3]
-        -> float32 [b, V, S, S, 3] in [0, 1]
+    crop_views(encoded, seed, spec)   decode once, cut the V random resized crops
+    augment_views(views, seed, spec)  flips, colour, blur, op policies -> [0, 1]
 
-Views are never stacked in the channel axis.
+example_views runs both. Views are float32 [V, S, S, 3], never stacked in the
+channel axis.
 """
 
 import dataclasses
@@ -22,13 +20,13 @@ AUGMENTATIONS = ("simaugment", "autoaugment", "randaugment", "stacked_randaugmen
 # Smaller views keep too little of an image to learn from (digits, the smallest, are 8 x 8).
 MIN_IMAGE_SIZE = 8
 
-# Salts that give each stage its own random stream from the element's seed.
-_CROP, _PHOTOMETRY, _POLICY = range(3)
+# Seeds split from the augmentation stage's seed.
+_PHOTOMETRY, _POLICY, _FINISH = range(3)
 
 
 @dataclasses.dataclass(frozen=True)
 class ViewSpec:
-    """What example_views/batch_views do; from_data_config checks every field.
+    """What crop_views and augment_views do; from_data_config checks every field.
 
     jpeg: records are JPEG photos (ImageNet): crops decode only what they need,
     and eval takes the centre 224/256 crop. Otherwise images are used whole.
@@ -118,42 +116,52 @@ def _policy(spec):
         image, seed, spec.randaugment_layers, spec.randaugment_magnitude)
 
 
-def example_views(encoded, seed, spec):
-    """One encoded image and its seed int32 [2] -> float32 [V, S, S, 3].
+def crop_views(encoded, seed, spec):
+    """The first stage: one encoded image and a seed int32 [2] -> float32 [V, S, S, 3].
 
-    The image is decoded once. "none" repeats the eval image V times. The other
-    modes take V random resized crops. simaugment returns them in 0-255 for
-    batch_views. The policy modes flip them (stacked_randaugment also jitters
-    them), run their op policy and return [0, 1].
+    The image is decoded once. "none" repeats the eval image V times, in [0, 1];
+    the other modes take V random resized crops, in 0-255.
     """
     size = spec.image_size
     if spec.augment == "none":
         views = tf.repeat(eval_image(encoded, spec)[None], spec.num_views, axis=0)
-        return tf.ensure_shape(views, [spec.num_views, size, size, 3])
-    views = _crop_views(encoded, augment.fold_seed(seed, _CROP), spec)
-    views = tf.ensure_shape(views, [spec.num_views, size, size, 3])
-    if spec.augment == "simaugment":
-        return views
-    jitter = spec.color_strength if spec.augment == "stacked_randaugment" else None
-    views = augment.view_photometry(views, augment.fold_seed(seed, _PHOTOMETRY),
-                                    hflip=spec.hflip, color_strength=jitter, grayscale=False)
-    views = augment.apply_policy(views, augment.fold_seed(seed, _POLICY), _policy(spec))
+    else:
+        views = _crop_views(encoded, seed, spec)
     return tf.ensure_shape(views, [spec.num_views, size, size, 3])
 
 
-def batch_views(views, seed, spec):
-    """The batch-level stage on views float32 [b, V, S, S, 3] with one seed int32 [2] per batch.
+def augment_views(views, seed, spec):
+    """The second stage: crop_views' output and a seed int32 [2] -> float32 [V, S, S, 3] in [0, 1].
 
-    SimAugment: flip (if spec.hflip), colour jitter, grayscale and blur (if
-    spec.blur). Stacked RandAugment: grayscale and blur, the rest having run per
-    example. Each view gets its own random parameters. Returns [0, 1].
+    simaugment flips, jitters, grays and blurs the views (augment.view_photometry);
+    autoaugment and randaugment flip them and run their op policy per view;
+    stacked_randaugment flips and jitters them, runs RandAugment, then grays and
+    blurs them; "none" leaves them as they are.
     """
-    if spec.augment not in ("simaugment", "stacked_randaugment"):
+    if spec.augment == "none":
         return views
-    shape = tf.shape(views)
-    images = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
-    simaugment = spec.augment == "simaugment"
-    images = augment.view_photometry(
-        images, seed, value_range=255.0 if simaugment else 1.0, hflip=spec.hflip and simaugment,
-        color_strength=spec.color_strength if simaugment else None, blur=spec.blur)
-    return tf.reshape(images, shape)
+    seeds = augment.split_seed(seed, 3)
+    if spec.augment == "simaugment":
+        return augment.view_photometry(views, seeds[_PHOTOMETRY], hflip=spec.hflip,
+                                       color_strength=spec.color_strength, blur=spec.blur)
+    stacked = spec.augment == "stacked_randaugment"
+    views = augment.view_photometry(views, seeds[_PHOTOMETRY], hflip=spec.hflip,
+                                    color_strength=spec.color_strength if stacked else None,
+                                    grayscale=False)
+    views = augment.apply_policy(views, seeds[_POLICY], _policy(spec))
+    if stacked:
+        views = augment.view_photometry(views, seeds[_FINISH], value_range=1.0, hflip=False,
+                                        color_strength=None, blur=spec.blur)
+    return tf.ensure_shape(views, [spec.num_views, spec.image_size, spec.image_size, 3])
+
+
+def stage_seeds(seed):
+    """The seeds of crop_views and augment_views, split from an example's seed int32 [2]."""
+    crop_seed, augment_seed = tf.unstack(augment.split_seed(seed, 2))
+    return crop_seed, augment_seed
+
+
+def example_views(encoded, seed, spec):
+    """Both stages on one encoded image and its seed int32 [2], as the training pipeline does."""
+    crop_seed, augment_seed = stage_seeds(seed)
+    return augment_views(crop_views(encoded, crop_seed, spec), augment_seed, spec)
