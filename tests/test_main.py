@@ -15,7 +15,7 @@ def test_main_trains_evaluates_and_writes_results(tmp_path):
     workdir = tmp_path / "run"
     command = [sys.executable, "main.py", "--config=configs/digits.py:tiny",
                f"--workdir={workdir}", "--config.seed=1"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -49,7 +49,9 @@ def test_default_workdir_follows_the_config_name():
 @pytest.mark.parametrize("setting, bfc_expected", [(None, True), ("false", False)])
 def test_main_runs_tensorflow_on_the_bfc_host_allocator_unless_told_not_to(setting, bfc_expected):
     # Only the BFC allocator keeps statistics, so get_memory_info tells which one runs;
-    # main.py must choose it before anything starts TensorFlow.
+    # main.py must choose it before anything starts TensorFlow. With oneDNN on (CPUs with
+    # AVX-512 VNNI or BF16) TensorFlow's CPU allocator keeps statistics whatever the
+    # setting, so the probe turns oneDNN off.
     probe = ("import main, tensorflow as tf\n"
              "tf.ones([64, 64])\n"
              "try:\n"
@@ -57,7 +59,7 @@ def test_main_runs_tensorflow_on_the_bfc_host_allocator_unless_told_not_to(setti
              "    print('bfc')\n"
              "except ValueError:\n"
              "    print('default')\n")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0")
     env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
     if setting is not None:
         env["TF_CPU_ALLOCATOR_USE_BFC"] = setting
