@@ -74,7 +74,8 @@ def main(output_path, num_steps, mirrored=False):
     metrics = train_loop(iterator, tf.constant(num_steps - 1))
     np.savez(output_path, num_replicas=strategy.num_replicas_in_sync,
              step=int(optimizer.iterations.numpy()), first_loss=float(first["loss"]),
-             loss=float(metrics["loss"]), finite=float(metrics["finite"]),
+             loss=float(metrics["loss"]),
+             finite=min(float(first["finite"]), float(metrics["finite"])),
              **{f"initial_{i}": w for i, w in enumerate(initial_weights)},
              **{f"first_{i}": w for i, w in enumerate(after_first_step)},
              **{f"final_{i}": w for i, w in enumerate(model.get_weights())})
