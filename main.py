@@ -3,12 +3,14 @@ r"""Trains and evaluates Supervised Contrastive Learning from a config file.
   python main.py --config=configs/digits.py --workdir=/tmp/supcon_digits
   python main.py --config=configs/imagenet_r50.py --workdir=gs://bucket/run --tpu=my-tpu
   python main.py --config=configs/digits.py:tiny --config.seed=1 --mode=train
+  python main.py --config=configs/imagenet_r50.py --mode=describe   # the recipe as JSON
 
 --workdir defaults to ./runs/<config file name>[_<arg>]. The same command resumes
 from the latest checkpoint there. Exit status 143 means SIGTERM arrived and a
 checkpoint was saved: run the command again to continue.
 """
 
+import json
 import os
 import sys
 import time
@@ -25,7 +27,7 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from supcon_tf import config_validation  # noqa: E402
+from supcon_tf import config_validation, describe  # noqa: E402
 from supcon_tf import strategy as strategy_lib  # noqa: E402
 from supcon_tf import train  # noqa: E402
 
@@ -38,8 +40,10 @@ _WORKDIR = flags.DEFINE_string(
 _TPU = flags.DEFINE_string(
     "tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM. Unset: GPUs if any, "
     "else the CPU; with TF_CONFIG set, multi-worker mirrored.")
-_MODE = flags.DEFINE_enum("mode", "train_then_eval", train.MODES,
-                          "train: stage one only; eval: linear stage on the latest checkpoint.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train_then_eval", train.MODES + ("describe",),
+    "train: stage one only; eval: stage two on the latest checkpoint; describe: print the "
+    "effective recipe as one JSON line, without data or training.")
 flags.mark_flag_as_required("config")
 
 
@@ -53,6 +57,14 @@ def default_workdir(config_argument):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _MODE.value == "describe":
+        try:
+            recipe = describe.describe(_CONFIG.value)
+        except ValueError as error:
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            sys.exit(2)
+        print(json.dumps(recipe, sort_keys=True))
+        return
     workdir = _WORKDIR.value or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"]))
     if _TPU.value and _TPU.value != "local" and not workdir.startswith("gs://"):

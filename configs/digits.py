@@ -35,10 +35,12 @@ def get_config(arg=None):
     config.data.augment = "simaugment"
     config.data.crop_area_min = 0.7
     config.data.color_strength = 0.5
+    config.data.color_jitter_style = "pytorch"
     config.data.hflip = False
     config.data.blur = False
+    config.data.blur_probability = 0.5
     config.data.randaugment_layers = 2
-    config.data.randaugment_magnitude = 9
+    config.data.randaugment_magnitude = 10
     config.data.shuffle_buffer = 2048
 
     # --- model: a narrow ResNet-18 with the CIFAR stem
@@ -48,8 +50,15 @@ def get_config(arg=None):
     config.model.cifar_stem = True
     config.model.sync_bn = False
     config.model.zero_init_last_bn = True
+    config.model.conv_init = "fan_in_truncated_normal"
+    config.model.input_mean = (0.5, 0.5, 0.5)
+    config.model.input_std = (0.5, 0.5, 0.5)
+    config.model.normalize_embedding = True
     config.model.projection_dims = (128, 64)
     config.model.projection_bn = False
+    config.model.projection_output_bias = False
+    config.model.head_init = "normal_0.01"
+    config.model.classifier_init = "glorot_uniform"
 
     # --- loss
     config.loss = ml_collections.ConfigDict()
@@ -57,17 +66,28 @@ def get_config(arg=None):
     config.loss.base_temperature = ml_collections.config_dict.placeholder(float)
     config.loss.variant = "out"
     config.loss.contrast_mode = "all"
+    config.loss.denominator_mode = "all"
+    config.loss.positives_cap = ml_collections.config_dict.placeholder(int)
     config.loss.block_size = ml_collections.config_dict.placeholder(int)
+    config.loss.label_smoothing = 0.0
+    config.loss.cross_entropy_views = "all"
 
     # --- optimizer (stage one)
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"
     config.optim.base_lr = 0.3
     config.optim.momentum = 0.9
+    config.optim.rho = 0.9
+    config.optim.epsilon = 1.0
     config.optim.weight_decay = 1e-4
+    config.optim.weight_decay_form = "l2"
+    config.optim.decay_batch_norm = False
     config.optim.warmup_epochs = 2
+    config.optim.warmup_start_lr = 0.0
     config.optim.schedule = "cosine"
+    config.optim.min_lr_ratio = 0.0
     config.optim.decay_epochs = ()
+    config.optim.decay_every_epochs = 2.4
     config.optim.decay_rate = 0.1
 
     # --- training loop
@@ -85,16 +105,27 @@ def get_config(arg=None):
 
     # --- linear stage: a classifier on the frozen embedding, final epoch reported
     config.linear = ml_collections.ConfigDict()
+    config.linear.protocol = "augmented"
+    config.linear.bn_mode = "batch_stats"
+    config.linear.data = ml_collections.ConfigDict()
     config.linear.epochs = 100
     config.linear.global_batch_size = 256
+    config.linear.label_smoothing = 0.0
     config.linear.optim = ml_collections.ConfigDict()
     config.linear.optim.name = "sgd"
     config.linear.optim.base_lr = 0.1
     config.linear.optim.momentum = 0.9
+    config.linear.optim.rho = 0.9
+    config.linear.optim.epsilon = 0.001
     config.linear.optim.weight_decay = 0.0
+    config.linear.optim.weight_decay_form = "l2"
+    config.linear.optim.decay_batch_norm = False
     config.linear.optim.warmup_epochs = 0
+    config.linear.optim.warmup_start_lr = 0.0
     config.linear.optim.schedule = "cosine"
+    config.linear.optim.min_lr_ratio = 0.0
     config.linear.optim.decay_epochs = ()
+    config.linear.optim.decay_every_epochs = 2.4
     config.linear.optim.decay_rate = 0.1
 
     # --- evaluation

@@ -15,9 +15,11 @@ import uuid
 import tensorflow as tf
 
 from supcon_tf import data as data_lib
+from supcon_tf import losses as losses_lib
 from supcon_tf import models as models_lib
 from supcon_tf import optim as optim_lib
 from supcon_tf import train as train_lib
+from supcon_tf.models import heads as heads_lib
 from supcon_tf.models import resnet as resnet_lib
 from supcon_tf.models import vit as vit_lib
 
@@ -34,9 +36,11 @@ def validate(config, *, num_replicas, workdir):
     workdir (which is created if needed and gets a probe file written and removed).
     """
     _check_names(config)
+    _check_optimizers(config)
     _check_batches(config, num_replicas)
-    _check_loss(config.loss)
-    _check_data_fields(config.data)
+    _check_loss(config.loss, num_views=config.data.num_views)
+    _check_model(config.model)
+    _check_data_fields(config)
     _check_image_size(config)
     _check_dataset(config.data)
     _check_workdir(workdir)
@@ -55,11 +59,30 @@ def _choose(field, value, valid):
 def _check_names(config):
     _choose("method", config.method, train_lib.METHODS)
     _choose("model.name", config.model.name, models_lib.ENCODER_NAMES)
+    _choose("model.conv_init", config.model.conv_init, resnet_lib.CONV_INITS)
+    _choose("model.head_init", config.model.head_init, heads_lib.HEAD_INITS)
+    _choose("model.classifier_init", config.model.classifier_init, heads_lib.CLASSIFIER_INITS)
     _choose("data.name", config.data.name, data_lib.DATASETS)
     _choose("data.augment", config.data.augment, data_lib.AUGMENTATIONS)
+    _choose("loss.variant", config.loss.variant, losses_lib.VARIANTS)
+    _choose("loss.contrast_mode", config.loss.contrast_mode, losses_lib.CONTRAST_MODES)
+    _choose("loss.denominator_mode", config.loss.denominator_mode, losses_lib.DENOMINATOR_MODES)
+    _choose("loss.cross_entropy_views", config.loss.cross_entropy_views,
+            train_lib.CROSS_ENTROPY_VIEWS)
+    _choose("linear.protocol", config.linear.protocol, train_lib.LINEAR_PROTOCOLS)
+    _choose("linear.bn_mode", config.linear.bn_mode, train_lib.BN_MODES)
     for prefix, optim_config in (("optim", config.optim), ("linear.optim", config.linear.optim)):
         _choose(f"{prefix}.name", optim_config.name, optim_lib.OPTIMIZERS)
         _choose(f"{prefix}.schedule", optim_config.schedule, optim_lib.SCHEDULES)
+
+
+def _check_optimizers(config):
+    """The optimizer module's own checks of each stage's slice, one line each."""
+    for prefix, optim_config in (("optim", config.optim), ("linear.optim", config.linear.optim)):
+        try:
+            optim_lib.check_optim_config(optim_config, prefix=prefix)
+        except ValueError as err:
+            raise ConfigError(f"config.{_one_line(err)}") from err
 
 
 def _check_batches(config, num_replicas):
@@ -74,19 +97,57 @@ def _check_batches(config, num_replicas):
                 f"replicas; set it to a multiple of {num_replicas} (e.g. {nearest})")
 
 
-def _check_loss(loss_config):
+def _check_loss(loss_config, *, num_views):
     if not loss_config.temperature > 0:
         raise ConfigError(
             f"config.loss.temperature={loss_config.temperature!r} must be > 0; "
             "the paper uses 0.1")
+    base = loss_config.base_temperature
+    if base is not None and not base > 0:
+        raise ConfigError(
+            f"config.loss.base_temperature={base!r} must be > 0 or None (None: no scaling; "
+            "1.0 scales the loss by T as the official TF code, 0.07 by T/0.07 as SupContrast)")
+    cap = loss_config.positives_cap
+    if cap is not None and (cap < 0 or cap % num_views):
+        raise ConfigError(
+            f"config.loss.positives_cap={cap} must be None (no cap) or a multiple of "
+            f"config.data.num_views={num_views} that is >= 0")
+    if loss_config.block_size is not None and loss_config.block_size < 1:
+        raise ConfigError(
+            f"config.loss.block_size={loss_config.block_size} must be None (whole batch) or "
+            ">= 1 anchors per block")
+    if not 0 <= loss_config.label_smoothing < 1:
+        raise ConfigError(
+            f"config.loss.label_smoothing={loss_config.label_smoothing} must be in [0, 1)")
 
 
-def _check_data_fields(data_config):
-    """num_views, crop area, colour strength...: the data module's own checks, one line each."""
-    try:
-        data_lib.ViewSpec.from_data_config(data_config, jpeg=False)
-    except ValueError as err:
-        raise ConfigError(_one_line(err)) from err
+def _check_model(model_config):
+    for field in ("input_mean", "input_std"):
+        value = tuple(model_config[field])
+        if len(value) != 3:
+            raise ConfigError(f"config.model.{field}={value} must have 3 values, one per "
+                              "RGB channel, in [0, 1] pixel units")
+    if min(model_config.input_std) <= 0:
+        raise ConfigError(f"config.model.input_std={tuple(model_config.input_std)} must be > 0")
+
+
+def _check_data_fields(config):
+    """num_views, crop area, colour strength...: the data module's own checks, one line each,
+    for stage one and for stage two's overrides."""
+    unknown = sorted(set(config.linear.data) - set(config.data))
+    if unknown:
+        raise ConfigError(
+            f"config.linear.data overrides {', '.join(unknown)}, which config.data does not "
+            "have; list only config.data fields there")
+    if not 0 <= config.linear.label_smoothing < 1:
+        raise ConfigError(
+            f"config.linear.label_smoothing={config.linear.label_smoothing} must be in [0, 1)")
+    for prefix, data_config in (("", config.data),
+                                ("stage two: ", train_lib.stage_two_data_config(config))):
+        try:
+            data_lib.ViewSpec.from_data_config(data_config, jpeg=False)
+        except ValueError as err:
+            raise ConfigError(prefix + _one_line(err)) from err
 
 
 def _min_image_size(model_config):

@@ -60,11 +60,12 @@ class ForwardPasses:
         )
 
     def logits(self, embedding, training):
+        features = self.model.head_input(embedding)
         if self.linear_head is not None:
-            return self.linear_head(embedding, training=training)
+            return self.linear_head(features, training=training)
         # The online head's weights, without the model's stop_gradient, so that
         # fine-tuning the classifier export also trains the encoder.
-        return self.model.classifier(embedding, training=training)
+        return self.model.classifier(features, training=training)
 
     def used_layers(self, output):
         """The layers whose variables the export returning `output` uses."""
@@ -257,7 +258,7 @@ def export_from_workdir(workdir, export_dir, *, checkpoint=None, overwrite=False
     linear_checkpoint = tf.train.latest_checkpoint(posixpath.join(workdir, "linear"))
     linear_head = None
     if linear_checkpoint is not None:
-        linear_head = models.linear_head(config.num_classes)
+        linear_head = models.linear_head(config.num_classes, init=config.model.classifier_init)
         linear_head.build((None, model.encoder.output_shape[-1]))
         restore(
             linear_checkpoint, what=f"linear head for num_classes={config.num_classes}",

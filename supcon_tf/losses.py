@@ -1,8 +1,10 @@
 """Supervised contrastive loss (Khosla et al. 2020), exact across replicas.
 
 `supcon_loss` computes L^sup_out (Eq. 2) or L^sup_in (Eq. 3) of the paper, or
-SimCLR's NT-Xent when no labels are given. Views are flattened sample-major:
-row b * V + v of the [B * V, D] matrix is view v of sample b.
+SimCLR's NT-Xent when no labels are given, with the options of the official
+code (google-research supcon/losses.py): which contrasts enter the softmax
+denominator, and a cap on the positives per anchor. Views are flattened
+sample-major: row b * V + v of the [B * V, D] matrix is view v of sample b.
 
 Inside `strategy.run` with several replicas the local rows are the anchors and
 the all-gathered global batch is the set of contrasts. Each replica returns the
@@ -23,13 +25,20 @@ matmuls, three N x N x D matmuls in all. With `block_size`, anchors are
 processed in blocks inside a `tf.while_loop` whose backward pass recomputes
 each block's logits, so peak memory is O(block_size x contrasts) instead of
 O(anchors x contrasts).
+
+Denominators of the negatives only, or of the negatives and the kept
+positives, take the same path with another mask. With denominator_mode
+"one_positive" each (anchor, positive) pair has its own denominator, so the
+positives' term needs a pass over the matrix too; blockwise, its backward
+pass recomputes each block and differentiates it alone.
 """
 
 import keras
 import tensorflow as tf
 
-_VARIANTS = ("out", "in")
-_CONTRAST_MODES = ("all", "one")
+VARIANTS = ("out", "in")
+CONTRAST_MODES = ("all", "one")
+DENOMINATOR_MODES = ("all", "one_positive", "only_negatives")
 # Stands in for the excluded self-similarity; finite so that a row whose only
 # contrast is itself (B = V = 1) still gives finite values instead of NaN.
 _MASKED_LOGIT = -1e9
@@ -51,8 +60,14 @@ def supcon_loss(
     contrast_mode="all",
     variant="out",
     block_size=None,
+    denominator_mode="all",
+    positives_cap=None,
 ):
     """Supervised contrastive loss of L2-normalized multi-view features.
+
+    For an anchor i, P(i) are its positives (the other views of its own sample
+    and, with labels, every view of the other samples of its class), the
+    negatives are the views of other classes, and s_ia = z_i . z_a / tau.
 
     Args:
       features: float32 or bfloat16 [B, V, D], V >= 1 views per sample, already
@@ -61,8 +76,9 @@ def supcon_loss(
         positives of an anchor are the other views of its own sample).
       temperature: tau > 0.
       base_temperature: None gives the paper's formula exactly; a number
-        multiplies the loss by temperature / base_temperature, as the PyTorch
-        reference does (so with base_temperature == temperature both agree).
+        multiplies the loss by temperature / base_temperature: 1.0 multiplies
+        it by tau (the official code's scale_by_temperature=True), 0.07 by
+        tau / 0.07 (SupContrast, the PyTorch reference).
       contrast_mode: "all" makes every view an anchor; "one" only view 0, with
         every view still a contrast.
       variant: "out" for L^sup_out (Eq. 2, 1/|P(i)| outside the log), "in" for
@@ -71,19 +87,38 @@ def supcon_loss(
         int processes that many anchor rows at a time and recomputes them in
         the backward pass (same value and gradient, O(block_size x contrasts)
         memory).
+      denominator_mode: which contrasts enter the softmax denominator of the
+        probability p_ip of a positive p (official LossDenominatorMode):
+        "all": every contrast but the anchor itself (the paper);
+        "one_positive": the negatives and p itself, so p's probability is
+          sigmoid(s_ip - logsumexp of the negatives);
+        "only_negatives": the negatives only (p_ip can exceed 1). An anchor
+          without any negative (the whole global batch one class) has no
+          defined loss here and is left out like one without positives.
+        "out" averages -log p_ip over P(i), "in" takes -log of the mean p_ip.
+      positives_cap: None for no cap (the official -1); else a multiple of V.
+        Besides the other views of its own sample, an anchor keeps as
+        positives every view of the first positives_cap / V other samples of
+        its class in the order of the global batch (replica by replica), as
+        the official top_k over a 0/1 mask does; so it has at most
+        positives_cap + V - 1 positives. Views of the samples past the cap
+        are neither positives nor negatives: they leave the numerator and
+        every denominator. With labels=None the cap changes nothing.
 
     Returns:
       Scalar float32: the mean over this replica's anchors that have at least
-      one positive (only V = 1 can leave an anchor without one); 0 with zero
-      gradient when no anchor has a positive. With V = 1 under several
-      replicas the denominator is the global count of such anchors divided by
-      the replica count, so the mean of the per-replica losses is still
-      exactly the global-batch loss.
+      one positive (only V = 1 or positives_cap = 0 can leave an anchor without
+      one); 0 with zero gradient when no anchor has a positive. With V = 1
+      under several replicas the denominator is the global count of such
+      anchors divided by the replica count, so the mean of the per-replica
+      losses is still exactly the global-batch loss.
 
     Raises:
       ValueError: for features not of rank 3, labels not of shape [B] or not
         integers, temperature or base_temperature <= 0, an unknown
-        contrast_mode or variant, or a block_size that is not a positive int.
+        contrast_mode, variant or denominator_mode, a block_size that is not a
+        positive int, or a positives_cap that is not None or an int >= 0 that
+        is a multiple of a statically known V.
     """
     features = tf.convert_to_tensor(features)
     if features.shape.rank != 3:
@@ -108,14 +143,28 @@ def supcon_loss(
     temperature = _positive_number("temperature", temperature)
     if base_temperature is not None:
         base_temperature = _positive_number("base_temperature", base_temperature)
-    if contrast_mode not in _CONTRAST_MODES:
-        raise ValueError(f"contrast_mode must be one of {_CONTRAST_MODES}; got {contrast_mode!r}.")
-    if variant not in _VARIANTS:
-        raise ValueError(f"variant must be one of {_VARIANTS}; got {variant!r}.")
-    if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0
-    ):
+    if contrast_mode not in CONTRAST_MODES:
+        raise ValueError(f"contrast_mode must be one of {CONTRAST_MODES}; got {contrast_mode!r}.")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
+    if block_size is not None and not _is_int(block_size, minimum=1):
         raise ValueError(f"block_size must be None or a positive int; got {block_size!r}.")
+    if denominator_mode not in DENOMINATOR_MODES:
+        raise ValueError(
+            f"denominator_mode must be one of {DENOMINATOR_MODES}; got {denominator_mode!r}."
+        )
+    if positives_cap is not None:
+        if not _is_int(positives_cap, minimum=0):
+            raise ValueError(
+                "positives_cap must be None (no cap, the official -1) or an int >= 0; "
+                f"got {positives_cap!r}."
+            )
+        if features.shape[1] is None or positives_cap % features.shape[1]:
+            raise ValueError(
+                "positives_cap must be a multiple of the number of views, known when the "
+                f"loss is traced (it keeps whole samples); got {positives_cap} for features "
+                f"of shape {features.shape}."
+            )
 
     features = tf.cast(features, tf.float32)
     batch = tf.shape(features)[0]
@@ -141,50 +190,126 @@ def supcon_loss(
         all_labels = tf.range(global_batch)
         labels = first_sample + tf.range(batch)
 
+    # Classes and ranks are per sample; every view shares its sample's.
     contrasts = tf.reshape(all_features, [-1, dim])
-    contrast_labels = tf.repeat(all_labels, num_views)
+    num_contrasts = tf.shape(contrasts)[0]
+    contrast_ids = tf.range(num_contrasts)
+    sample_class, sample_rank = _class_index_and_rank(all_labels)
+    class_size = tf.math.unsorted_segment_sum(
+        tf.ones_like(sample_class, tf.float32), sample_class, global_batch
+    )
+    contrast_class = tf.repeat(sample_class, num_views)
     if contrast_mode == "all":
         anchors = tf.reshape(features, [-1, dim])
-        anchor_labels = tf.repeat(labels, num_views)
         anchor_ids = first_sample * num_views + tf.range(batch * num_views)
     else:
         anchors = features[:, 0]
-        anchor_labels = labels
         anchor_ids = (first_sample + tf.range(batch)) * num_views
+    anchor_samples = anchor_ids // num_views
+    anchor_class = tf.gather(sample_class, anchor_samples)
+    anchor_class_size = tf.gather(class_size, anchor_class)
+    num_views_float = tf.cast(num_views, tf.float32)
 
-    # Positives through class sums (O(N * D)): sum_{p in P(i)} z_i . z_p is
-    # z_i . (sum of z_i's class - z_i), so only the softmax denominator needs
-    # the anchors x contrasts matrix.
+    if positives_cap is None:
+        num_positives = num_views_float * anchor_class_size - 1.0  # the anchor is its own contrast
+        anchor_keys = (anchor_ids, anchor_class)
+    else:
+        kept_samples = positives_cap // num_views
+        contrast_rank = tf.repeat(sample_rank, num_views)
+        anchor_rank = tf.gather(sample_rank, anchor_samples)
+        # An anchor's own sample is never counted against the cap: among the
+        # first kept_samples of its class, it frees its place for the next one.
+        anchor_threshold = kept_samples + tf.cast(anchor_rank < kept_samples, tf.int32)
+        kept_others = tf.minimum(anchor_class_size - 1.0, float(kept_samples))
+        num_positives = num_views_float * (kept_others + 1.0) - 1.0
+        anchor_keys = (anchor_ids, anchor_class, anchor_threshold)
+
+    def in_set(kind):
+        """Mask [rows, contrasts] of one set of contrasts per anchor row, from the
+        rows' keys: "positives" P(i), "negatives", or "denominator" (both)."""
+
+        def mask(keys):
+            ids, classes = keys[0][:, None], keys[1][:, None]
+            not_self = ids != contrast_ids
+            if kind == "denominator" and positives_cap is None:
+                return not_self
+            other_class = classes != contrast_class
+            if kind == "negatives":
+                return other_class
+            positive = tf.logical_and(not_self, tf.logical_not(other_class))
+            if positives_cap is not None:
+                own_sample = ids // num_views == contrast_ids // num_views
+                kept = tf.logical_or(own_sample, contrast_rank < keys[2][:, None])
+                positive = tf.logical_and(positive, kept)
+            return positive if kind == "positives" else tf.logical_or(positive, other_class)
+
+        return mask
+
     scaled_anchors = anchors * (1.0 / temperature)
-    contrast_class = _class_index(contrast_labels)
-    anchor_class = tf.gather(contrast_class, anchor_ids)
-    class_count = tf.math.unsorted_segment_sum(
-        tf.ones_like(contrast_labels, tf.float32), contrast_class, tf.size(contrast_labels)
-    )
-    num_positives = tf.gather(class_count, anchor_class) - 1.0  # the anchor is its own contrast
     has_positive = num_positives > 0
     safe_num_positives = tf.maximum(num_positives, 1.0)
 
-    log_denominator = _logsumexp_over_contrasts(
-        scaled_anchors, contrasts, anchor_ids, anchor_labels, contrast_labels,
-        positives_only=False, block_size=block_size,
-    )
-    if variant == "out":
-        class_sums = tf.math.unsorted_segment_sum(
-            contrasts, contrast_class, tf.size(contrast_labels)
+    def logsumexp_over(kind):
+        return _logsumexp_over_contrasts(
+            scaled_anchors, contrasts, anchor_keys, in_set(kind), block_size=block_size
         )
-        positive_sums = tf.gather(class_sums, anchor_class) - anchors
-        mean_positive_logit = tf.reduce_sum(scaled_anchors * positive_sums, 1) / safe_num_positives
-        per_anchor_loss = log_denominator - mean_positive_logit
-    else:
-        log_numerator = _logsumexp_over_contrasts(
-            scaled_anchors, contrasts, anchor_ids, anchor_labels, contrast_labels,
-            positives_only=True, block_size=block_size,
-        )
-        per_anchor_loss = log_denominator - log_numerator + tf.math.log(safe_num_positives)
-    per_anchor_loss = tf.where(has_positive, per_anchor_loss, 0.0)
 
-    num_anchors = tf.reduce_sum(tf.cast(has_positive, tf.float32))
+    if denominator_mode == "one_positive":
+        # Each positive has its own denominator, so this takes a pass over the
+        # positive pairs: -log p_ip = softplus(lse_neg_i - s_ip).
+        log_negatives = logsumexp_over("negatives")
+        reduce_rows = _sum_of_softplus if variant == "out" else _logsumexp_of_log_sigmoid
+        pair_reduction = _reduce_over_contrasts(
+            reduce_rows, scaled_anchors, contrasts, anchor_keys, in_set("positives"),
+            log_negatives, block_size=block_size,
+        )
+        if variant == "out":
+            per_anchor_loss = pair_reduction / safe_num_positives
+        else:
+            per_anchor_loss = tf.math.log(safe_num_positives) - pair_reduction
+    else:
+        denominator_set = "denominator" if denominator_mode == "all" else "negatives"
+        log_denominator = logsumexp_over(denominator_set)
+        if variant == "out":
+            # Positives through class sums (O(N * D)): sum_{p in P(i)} s_ip is
+            # z_i / tau . (sum of P(i)'s views), so only the denominator needs
+            # the anchors x contrasts matrix.
+            sample_sums = tf.reduce_sum(all_features, 1)
+            if positives_cap is None:
+                class_sums = tf.math.unsorted_segment_sum(sample_sums, sample_class, global_batch)
+                positive_sums = tf.gather(class_sums, anchor_class) - anchors
+            else:
+
+                def class_sums_of(selected):
+                    selected_sums = sample_sums * tf.cast(selected, tf.float32)[:, None]
+                    return tf.math.unsorted_segment_sum(selected_sums, sample_class, global_batch)
+
+                kept_sums = class_sums_of(sample_rank < kept_samples)
+                next_sums = class_sums_of(sample_rank == kept_samples)
+                # The anchor's own sample, or for one among the kept, the next one in its place.
+                own_or_next = tf.where(
+                    (anchor_rank < kept_samples)[:, None],
+                    tf.gather(next_sums, anchor_class),
+                    tf.gather(sample_sums, anchor_samples),
+                )
+                positive_sums = tf.gather(kept_sums, anchor_class) + own_or_next - anchors
+            mean_positive_logit = (
+                tf.reduce_sum(scaled_anchors * positive_sums, 1) / safe_num_positives
+            )
+            per_anchor_loss = log_denominator - mean_positive_logit
+        else:
+            log_numerator = logsumexp_over("positives")
+            per_anchor_loss = log_denominator - log_numerator + tf.math.log(safe_num_positives)
+
+    has_loss = has_positive
+    if denominator_mode == "only_negatives":
+        # Either every anchor has a negative or the global batch is one class,
+        # so the count still agrees across replicas.
+        num_negatives = tf.cast(num_contrasts, tf.float32) - num_views_float * anchor_class_size
+        has_loss = tf.logical_and(has_loss, num_negatives > 0)
+    per_anchor_loss = tf.where(has_loss, per_anchor_loss, 0.0)
+
+    num_anchors = tf.reduce_sum(tf.cast(has_loss, tf.float32))
     if num_replicas > 1 and (num_views is None or not isinstance(num_views, int) or num_views == 1):
         # With one view, replicas can differ in how many anchors have a
         # positive; normalizing by the global count keeps the mean of the
@@ -203,19 +328,39 @@ def _positive_number(name, value):
     return float(value)
 
 
-def _class_index(labels):
-    """Dense class index in [0, len(labels)) per element, via a sort (no N x N compare)."""
-    order = tf.argsort(labels)
+def _is_int(value, *, minimum):
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
+def _class_index_and_rank(labels):
+    """Dense class index in [0, len(labels)) per element, and how many earlier
+    elements share its class, via a stable sort (no N x N compare)."""
+    order = tf.argsort(labels, stable=True)
     sorted_labels = tf.gather(labels, order)
     starts = tf.concat([[1], tf.cast(sorted_labels[1:] != sorted_labels[:-1], tf.int32)], 0)
-    return tf.scatter_nd(order[:, None], tf.cumsum(starts) - 1, tf.shape(labels))
+    sorted_class = tf.cumsum(starts) - 1
+    positions = tf.range(tf.size(labels))
+    class_start = tf.math.unsorted_segment_min(positions, sorted_class, tf.size(labels))
+    sorted_rank = positions - tf.gather(class_start, sorted_class)
+
+    def unsort(values):
+        return tf.scatter_nd(order[:, None], values, tf.shape(labels))
+
+    return unsort(sorted_class), unsort(sorted_rank)
 
 
-def _logsumexp_over_contrasts(
-    scaled_anchors, contrasts, anchor_ids, anchor_labels, contrast_labels, *, positives_only,
-    block_size,
-):
-    """log sum_a exp(s_ia) per anchor row over A(i) (or over P(i) if positives_only),
+def _split_into_blocks(rows, block_size, padding_value=0):
+    """[M, ...] -> [ceil(M / block_size), block_size, ...]: static block shapes;
+    the last block is padded with padding_value."""
+    num_rows = tf.shape(rows)[0]
+    num_blocks = (num_rows + block_size - 1) // block_size
+    paddings = [[0, num_blocks * block_size - num_rows]] + [[0, 0]] * (rows.shape.rank - 1)
+    padded = tf.pad(rows, paddings, constant_values=padding_value)
+    return tf.reshape(padded, tf.concat([[num_blocks, block_size], tf.shape(rows)[1:]], 0))
+
+
+def _logsumexp_over_contrasts(scaled_anchors, contrasts, anchor_keys, in_set, *, block_size):
+    """log sum_a exp(s_ia) per anchor row over the contrasts a in in_set(keys),
     s_ia = scaled_anchor_i . contrast_a, with a hand-written gradient.
 
     d lse_i / d s_ia is the softmax of the row, so the backward pass is one
@@ -224,21 +369,14 @@ def _logsumexp_over_contrasts(
     small enough that nothing can underflow (always for unit features and
     tau >= 0.025); otherwise the exact row max, which costs one more pass.
     """
-    contrast_ids = tf.range(tf.shape(contrasts)[0])
     bound = tf.stop_gradient(
         tf.norm(scaled_anchors, axis=1) * tf.reduce_max(tf.norm(contrasts, axis=1))
     )
     bound_is_safe = tf.reduce_max(bound) <= _MAX_BOUND_SHIFT
 
-    def row_mask(ids, labels):
-        mask = ids[:, None] != contrast_ids[None, :]
-        if positives_only:
-            mask = tf.logical_and(mask, labels[:, None] == contrast_labels[None, :])
-        return mask
-
-    def row_logsumexp(anchor_rows, ids, labels, row_bound):
+    def row_logsumexp(anchor_rows, keys, row_bound):
         logits = tf.matmul(anchor_rows, contrasts, transpose_b=True)
-        mask = row_mask(ids, labels)
+        mask = in_set(keys)
 
         def exact_max():
             row_max = tf.reduce_max(tf.where(mask, logits, _MASKED_LOGIT), axis=1)
@@ -256,7 +394,7 @@ def _logsumexp_over_contrasts(
 
         @tf.custom_gradient
         def full(anchors, contrasts):
-            lse, logits, mask = row_logsumexp(anchors, anchor_ids, anchor_labels, bound)
+            lse, logits, mask = row_logsumexp(anchors, anchor_keys, bound)
 
             def grad(upstream):
                 d_logits = logits_gradient(logits, mask, lse, upstream)
@@ -269,30 +407,23 @@ def _logsumexp_over_contrasts(
 
     # Blocks of anchor rows run one after another in a while_loop; only the
     # per-row results survive the forward loop and the backward loop
-    # recomputes each block's logits. Rows are padded to whole blocks (static
-    # shapes); padding rows get id -1 and a zero upstream gradient.
+    # recomputes each block's logits. Padding rows get id -1 and a zero
+    # upstream gradient.
     num_anchors = tf.shape(scaled_anchors)[0]
-    num_blocks = (num_anchors + block_size - 1) // block_size
-    padding = num_blocks * block_size - num_anchors
+    blocked_anchors = _split_into_blocks(scaled_anchors, block_size)
+    blocked_keys = [_split_into_blocks(keys, block_size, -1) for keys in anchor_keys]
+    blocked_bound = _split_into_blocks(bound, block_size)
+    num_blocks = tf.shape(blocked_anchors)[0]
 
-    def blocked(rows, value=0):
-        paddings = [[0, padding]] + [[0, 0]] * (rows.shape.rank - 1)
-        padded = tf.pad(rows, paddings, constant_values=value)
-        return tf.reshape(padded, tf.concat([[num_blocks, block_size], tf.shape(rows)[1:]], 0))
-
-    blocked_anchors = blocked(scaled_anchors)
-    blocked_ids = blocked(anchor_ids, -1)
-    blocked_labels = blocked(anchor_labels)
-    blocked_bound = blocked(bound)
+    def block_keys(i):
+        return [keys[i] for keys in blocked_keys]
 
     @tf.custom_gradient
     def blockwise(anchors, contrasts):
         del anchors  # read block by block through blocked_anchors
 
         def forward_block(i, lse_blocks):
-            lse, _, _ = row_logsumexp(
-                blocked_anchors[i], blocked_ids[i], blocked_labels[i], blocked_bound[i]
-            )
+            lse, _, _ = row_logsumexp(blocked_anchors[i], block_keys(i), blocked_bound[i])
             return i + 1, lse_blocks.write(i, lse)
 
         lse_blocks = tf.TensorArray(tf.float32, size=num_blocks, element_shape=[block_size])
@@ -302,11 +433,11 @@ def _logsumexp_over_contrasts(
         blocked_lse = lse_blocks.stack()
 
         def grad(upstream):
-            blocked_upstream = blocked(upstream)
+            blocked_upstream = _split_into_blocks(upstream, block_size)
 
             def backward_block(i, d_contrasts, d_anchor_blocks):
                 logits = tf.matmul(blocked_anchors[i], contrasts, transpose_b=True)
-                mask = row_mask(blocked_ids[i], blocked_labels[i])
+                mask = in_set(block_keys(i))
                 d_logits = logits_gradient(logits, mask, blocked_lse[i], blocked_upstream[i])
                 d_anchor_blocks = d_anchor_blocks.write(i, tf.matmul(d_logits, contrasts))
                 d_contrasts += tf.matmul(d_logits, blocked_anchors[i], transpose_a=True)
@@ -329,6 +460,90 @@ def _logsumexp_over_contrasts(
     return blockwise(scaled_anchors, contrasts)
 
 
+def _sum_of_softplus(logits, positives, log_negatives):
+    """sum_p -log(e^s_ip / (e^s_ip + e^lse_neg_i)) = sum_p softplus(lse_neg_i - s_ip)."""
+    terms = tf.nn.softplus(log_negatives[:, None] - logits)
+    return tf.reduce_sum(tf.where(positives, terms, 0.0), axis=1)
+
+
+def _logsumexp_of_log_sigmoid(logits, positives, log_negatives):
+    """log sum_p e^s_ip / (e^s_ip + e^lse_neg_i) = logsumexp_p log_sigmoid(s_ip - lse_neg_i)."""
+    terms = tf.math.log_sigmoid(logits - log_negatives[:, None])
+    return tf.reduce_logsumexp(tf.where(positives, terms, _MASKED_LOGIT), axis=1)
+
+
+def _reduce_over_contrasts(
+    reduce_rows, scaled_anchors, contrasts, anchor_keys, in_set, row_values, *, block_size
+):
+    """reduce_rows(logits, in_set(keys), row_values) per anchor row, for any
+    differentiable reduce_rows.
+
+    The slow path for terms that need every (anchor, contrast) pair. With
+    block_size, blocks run in a while_loop and the backward loop recomputes
+    each block's logits and differentiates reduce_rows on that block alone.
+    """
+    if block_size is None:
+        logits = tf.matmul(scaled_anchors, contrasts, transpose_b=True)
+        return reduce_rows(logits, in_set(anchor_keys), row_values)
+
+    num_anchors = tf.shape(scaled_anchors)[0]
+    blocked_anchors = _split_into_blocks(scaled_anchors, block_size)
+    blocked_keys = [_split_into_blocks(keys, block_size, -1) for keys in anchor_keys]
+    num_blocks = tf.shape(blocked_anchors)[0]
+
+    def block_mask(i):
+        return in_set([keys[i] for keys in blocked_keys])
+
+    @tf.custom_gradient
+    def blockwise(anchors, contrasts, row_values):
+        del anchors  # read block by block through blocked_anchors
+        blocked_values = _split_into_blocks(row_values, block_size)
+
+        def forward_block(i, result_blocks):
+            logits = tf.matmul(blocked_anchors[i], contrasts, transpose_b=True)
+            rows = reduce_rows(logits, block_mask(i), blocked_values[i])
+            return i + 1, result_blocks.write(i, rows)
+
+        result_blocks = tf.TensorArray(tf.float32, size=num_blocks, element_shape=[block_size])
+        _, result_blocks = tf.while_loop(
+            lambda i, _: i < num_blocks, forward_block, (0, result_blocks), parallel_iterations=1
+        )
+
+        def grad(upstream):
+            blocked_upstream = _split_into_blocks(upstream, block_size)
+
+            def backward_block(i, d_contrasts, d_anchor_blocks, d_value_blocks):
+                logits = tf.matmul(blocked_anchors[i], contrasts, transpose_b=True)
+                values = blocked_values[i]
+                with tf.GradientTape() as tape:
+                    tape.watch([logits, values])
+                    rows = reduce_rows(logits, block_mask(i), values)
+                d_logits, d_values = tape.gradient(
+                    rows, [logits, values], output_gradients=blocked_upstream[i]
+                )
+                d_anchor_blocks = d_anchor_blocks.write(i, tf.matmul(d_logits, contrasts))
+                d_contrasts += tf.matmul(d_logits, blocked_anchors[i], transpose_a=True)
+                return i + 1, d_contrasts, d_anchor_blocks, d_value_blocks.write(i, d_values)
+
+            d_anchor_blocks = tf.TensorArray(
+                tf.float32, size=num_blocks, element_shape=blocked_anchors.shape[1:]
+            )
+            d_value_blocks = tf.TensorArray(tf.float32, size=num_blocks, element_shape=[block_size])
+            _, d_contrasts, d_anchor_blocks, d_value_blocks = tf.while_loop(
+                lambda i, *_: i < num_blocks,
+                backward_block,
+                (0, tf.zeros_like(contrasts), d_anchor_blocks, d_value_blocks),
+                parallel_iterations=1,
+            )
+            d_anchors = tf.reshape(d_anchor_blocks.stack(), [num_blocks * block_size, -1])
+            d_values = tf.reshape(d_value_blocks.stack(), [-1])
+            return d_anchors[:num_anchors], d_contrasts, d_values[:num_anchors]
+
+        return tf.reshape(result_blocks.stack(), [-1])[:num_anchors], grad
+
+    return blockwise(scaled_anchors, contrasts, row_values)
+
+
 @keras.saving.register_keras_serializable(package="supcon_tf")
 class SupConLoss(keras.losses.Loss):
     """`supcon_loss` as a Keras loss: y_true = int labels [B], y_pred = [B, V, D].
@@ -345,6 +560,8 @@ class SupConLoss(keras.losses.Loss):
         contrast_mode="all",
         variant="out",
         block_size=None,
+        denominator_mode="all",
+        positives_cap=None,
         name="supcon_loss",
         **kwargs,
     ):
@@ -354,6 +571,8 @@ class SupConLoss(keras.losses.Loss):
         self.contrast_mode = contrast_mode
         self.variant = variant
         self.block_size = block_size
+        self.denominator_mode = denominator_mode
+        self.positives_cap = positives_cap
 
     def call(self, y_true, y_pred):
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
@@ -365,6 +584,8 @@ class SupConLoss(keras.losses.Loss):
             contrast_mode=self.contrast_mode,
             variant=self.variant,
             block_size=self.block_size,
+            denominator_mode=self.denominator_mode,
+            positives_cap=self.positives_cap,
         )
 
     def get_config(self):
@@ -375,4 +596,6 @@ class SupConLoss(keras.losses.Loss):
             "contrast_mode": self.contrast_mode,
             "variant": self.variant,
             "block_size": self.block_size,
+            "denominator_mode": self.denominator_mode,
+            "positives_cap": self.positives_cap,
         }

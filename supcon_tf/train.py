@@ -1,32 +1,49 @@
-"""Two-stage training: stage one (supcon, simclr or ce), then the linear evaluation.
+"""Two-stage training through one loop: stage one (supcon, simclr or ce), then stage two.
 
     run(config, workdir, strategy, mode)  # mode: "train", "eval" or "train_then_eval"
 
-Methods
-- supcon: SupCon (config.loss) on the L2-normalized projections [B, V, Dp], plus the
-  online linear classifier's cross-entropy on stop_gradient(embedding).
-- simclr: the same with labels withheld from the contrastive loss (NT-Xent); the
-  online classifier still reads labels, for monitoring only.
-- ce: cross-entropy through the encoder and the model's classifier; each of the V
-  views counts as one example, so all methods see the same images per step.
+A stage is its step function, the variables it trains, its optimizer, its dataset and
+its checkpoint directory (`Stage`); `run_stage` runs any of them with resume, logging,
+summaries, the non-finite guard and SIGTERM handling.
 
-The loss is the mean over the global batch: each replica divides its mean by the
-replica count and the optimizer sums gradients across replicas (see losses.py).
-Stage two (evaluate.py) freezes the encoder in inference mode and trains
-models.linear_head on its embeddings; ce reports its own classifier instead.
+Stage one
+- supcon: SupCon (config.loss) on the L2-normalized projections [B, V, Dp], plus an
+  online linear classifier's cross-entropy on stop_gradient(head input), for
+  monitoring; the classifier is never weight-decayed.
+- simclr: the same with labels withheld from the contrastive loss (NT-Xent).
+- ce: cross-entropy through the encoder and the model's classifier. Batch norm sees
+  every view; the loss reads view 1 only when config.loss.cross_entropy_views is
+  "first" (the official TF code) or every view ("all").
 
-The step is optimizer.iterations. The data stream restarts from it on resume
-(build_train_dataset(start_step=...)), so the checkpoint holds the model and the
-optimizer only. A non-finite loss or gradient stops training with the step range and
-is never saved; SIGTERM saves a checkpoint and raises Preempted.
+Stage two (supcon and simclr; ce reports its own classifier), config.linear:
+- protocol "augmented", the official one: a fresh linear classifier trains through
+  the frozen encoder on augmented training views (config.data with config.linear.data
+  overridden), cross-entropy on view 1 with config.linear.label_smoothing. bn_mode
+  "batch_stats" runs the encoder's batch norm on batch statistics without updating
+  its moving averages (the official TF code); "inference" uses the moving averages
+  (the PyTorch reference).
+- protocol "cached": an explicit fast option for small data and analysis: the encoder
+  runs once without augmentation and the classifier trains on cached embeddings.
+Either way the last epoch is scored on config.data.eval_split; nothing is selected on it.
+
+Each replica divides its loss by the replica count and the optimizer sums gradients
+across replicas, so the loss is the mean over the global batch (see losses.py).
+Weight decay lives in the optimizer (optim.build_optimizer). The step is each stage's
+optimizer.iterations; the data stream restarts from it on resume, so checkpoints hold
+the model (or head) and the optimizer only. A non-finite loss or gradient stops
+training with the step range and is never saved; SIGTERM saves a checkpoint and
+raises Preempted.
 """
 
+import dataclasses
 import json
 import os
 import signal
 import time
+from typing import Callable
 
 import keras
+import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -37,12 +54,19 @@ from supcon_tf import strategy as strategy_lib
 from supcon_tf.losses import supcon_loss
 
 METHODS = ("supcon", "simclr", "ce")
+MODES = ("train", "eval", "train_then_eval")
+LINEAR_PROTOCOLS = ("augmented", "cached")
+BN_MODES = ("batch_stats", "inference")
+CROSS_ENTROPY_VIEWS = ("first", "all")
+STAGE_ONE_METRICS = ("loss", "classifier_loss", "top1", "finite")
+STAGE_TWO_METRICS = ("loss", "top1", "finite")
+# Stage two's data stream: a seed of its own, so its views are not stage one's.
+STAGE_TWO_SEED_OFFSET = 10_000
 # tf.summary.scalar needs the tensorboard package, which TF no longer installs; a raw
 # summary tagged for TensorBoard's scalars plugin reads the same.
 SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
     data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
-MODES = ("train", "eval", "train_then_eval")
 
 
 class Preempted(Exception):
@@ -75,15 +99,53 @@ def is_chief(strategy):
                                              and resolver.task_id == 0)
 
 
-# ---------------------------------------------------------------- model and optimizer
+# ---------------------------------------------------------------- stage sizes
 
 
 def steps_per_epoch(num_examples, global_batch_size):
-    steps = num_examples // global_batch_size
-    if steps < 1:
-        raise ValueError(f"train.global_batch_size={global_batch_size} exceeds the "
-                         f"{num_examples} training examples; lower it")
-    return steps
+    """Examples over batch, a float as in the official code (epochs * it, floored, is a stage)."""
+    if global_batch_size > num_examples:
+        raise ValueError(f"global batch size {global_batch_size} exceeds the {num_examples} "
+                         "training examples; lower it")
+    return num_examples / global_batch_size
+
+
+def stage_steps(epochs, per_epoch):
+    return int(epochs * per_epoch)
+
+
+def stage_two_data_config(config):
+    """config.data with the fields of config.linear.data overridden."""
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.update(config.linear.data.to_dict())
+    return data_config
+
+
+# ---------------------------------------------------------------- losses
+
+
+def cross_entropy(labels, logits, label_smoothing=0.0):
+    """Mean softmax cross-entropy of int labels [N] against logits [N, C]."""
+    num_classes = logits.shape[-1]
+    targets = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+
+
+def select_views(per_view, num_views, which):
+    """Rows [B * V, ...] (sample-major) -> view 1's rows [B, ...] for "first", all for "all"."""
+    if which == "all":
+        return per_view
+    return tf.reshape(per_view, [-1, num_views] + per_view.shape[1:].as_list())[:, 0]
+
+
+def top1_hits(labels, logits):
+    return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                            tf.cast(labels, tf.int32)), tf.float32)
+
+
+# ---------------------------------------------------------------- stage one
 
 
 def trained_variables(model, method):
@@ -93,8 +155,16 @@ def trained_variables(model, method):
     return model.trainable_variables
 
 
+def decay_exempt_variables(model, method):
+    """The online classifier of supcon/simclr is a monitor: the official scopes never decay it."""
+    return [] if method == "ce" else model.classifier.trainable_variables
+
+
 def build_stage_one(config, strategy, *, num_classes, num_train_examples):
-    """Model, optimizer (slots built) and checkpoint, created inside strategy.scope()."""
+    """Model, optimizer (slots built) and checkpoint, created inside strategy.scope().
+
+    Returns (model, optimizer, checkpoint, steps per epoch).
+    """
     train_config = config.train
     per_epoch = steps_per_epoch(num_train_examples, train_config.global_batch_size)
     keras.utils.set_random_seed(config.seed)  # the same seed gives the same initial weights
@@ -104,21 +174,24 @@ def build_stage_one(config, strategy, *, num_classes, num_train_examples):
         optimizer = optim.build_optimizer(
             config.optim, trained_variables(model, config.method),
             global_batch_size=train_config.global_batch_size, steps_per_epoch=per_epoch,
-            total_steps=train_config.epochs * per_epoch)
+            total_steps=stage_steps(train_config.epochs, per_epoch),
+            batch_norm_variables=optim.batch_norm_variables(model),
+            exempt_variables=decay_exempt_variables(model, config.method))
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     return model, optimizer, checkpoint, per_epoch
 
 
-# ---------------------------------------------------------------- train step
-
-
-def cross_entropy(labels, logits):
-    return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-        labels, logits, from_logits=True))
+def _static_batch(batch, batch_size):
+    """Multi-worker input arrives without a static batch size; reshapes and XLA need one."""
+    views = tf.ensure_shape(batch["views"], [batch_size] + batch["views"].shape[1:].as_list())
+    labels = tf.ensure_shape(batch["label"], [batch_size])
+    num_views = views.shape[1]
+    images = tf.reshape(views, [batch_size * num_views] + views.shape[2:].as_list())
+    return images, labels, num_views
 
 
 def make_replica_step(config, model, optimizer, num_replicas):
-    """The per-replica step: forward, loss, gradient, optimizer update; returns metrics."""
+    """Stage one's per-replica step: forward, loss, gradient, optimizer update; returns metrics."""
     method = config.method
     if method not in METHODS:
         raise ValueError(f"method={method!r}; use one of {METHODS}")
@@ -127,50 +200,115 @@ def make_replica_step(config, model, optimizer, num_replicas):
     batch_size = config.train.global_batch_size // num_replicas
 
     def replica_step(batch):
-        # Multi-worker input arrives without a static batch size; reshapes and XLA need one.
-        views = tf.ensure_shape(batch["views"], [batch_size] + batch["views"].shape[1:].as_list())
-        labels = tf.ensure_shape(batch["label"], [batch_size])
-        num_views = views.shape[1]
-        images = tf.reshape(views, [batch_size * num_views] + views.shape[2:].as_list())
+        images, labels, num_views = _static_batch(batch, batch_size)
         # Sample-major, like the views: row b * V + v is view v of sample b.
         view_labels = tf.repeat(labels, num_views)
+        ce_labels = select_views(view_labels, num_views, loss_config.cross_entropy_views)
         with tf.GradientTape() as tape:
             if method == "ce":
-                embedding = model.encoder(images, training=True)
-                logits = tf.cast(model.classifier(embedding), tf.float32)
-                loss = classifier_loss = loss_to_minimize = cross_entropy(view_labels, logits)
+                embedding = tf.cast(model.encoder(images, training=True), tf.float32)
+                logits = tf.cast(model.classifier(model.head_input(embedding)), tf.float32)
+                logits = select_views(logits, num_views, loss_config.cross_entropy_views)
+                loss = classifier_loss = loss_to_minimize = cross_entropy(
+                    ce_labels, logits, loss_config.label_smoothing)
             else:
                 outputs = model(images, training=True)
-                logits = outputs["logits"]
+                logits = select_views(outputs["logits"], num_views,
+                                      loss_config.cross_entropy_views)
                 projections = tf.reshape(outputs["projection"], [batch_size, num_views, -1])
                 loss = supcon_loss(
                     projections, labels if method == "supcon" else None,
                     temperature=loss_config.temperature,
                     base_temperature=loss_config.base_temperature,
                     contrast_mode=loss_config.contrast_mode, variant=loss_config.variant,
-                    block_size=loss_config.block_size)
-                classifier_loss = cross_entropy(view_labels, logits)
+                    block_size=loss_config.block_size,
+                    denominator_mode=loss_config.denominator_mode,
+                    positives_cap=loss_config.positives_cap)
+                classifier_loss = cross_entropy(ce_labels, logits)
                 loss_to_minimize = loss + classifier_loss
             scaled_loss = loss_to_minimize / num_replicas
         grads = tape.gradient(scaled_loss, variables)
         finite = tf.logical_and(tf.math.is_finite(loss_to_minimize),
                                 tf.math.is_finite(tf.linalg.global_norm(grads)))
         optimizer.apply_gradients(zip(grads, variables))
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                tf.cast(view_labels, tf.int32)), tf.float32)
-        return {"loss": loss, "classifier_loss": classifier_loss, "top1": tf.reduce_mean(hits),
+        return {"loss": loss, "classifier_loss": classifier_loss,
+                "top1": tf.reduce_mean(top1_hits(ce_labels, logits)),
                 "finite": tf.cast(finite, tf.float32)}
 
     return replica_step
 
 
-def make_train_loop(strategy, replica_step, jit_compile):
+# ---------------------------------------------------------------- stage two
+
+
+def frozen_embedding(encoder, images, bn_mode):
+    """The encoder's output with no gradient; "batch_stats" leaves the moving averages alone.
+
+    stateless_call returns the batch norm updates instead of assigning them, and they
+    are dropped: batch statistics in the forward pass, frozen averages (the official
+    stage two).
+    """
+    if bn_mode == "inference":
+        embedding = encoder(images, training=False)
+    else:
+        embedding, _ = encoder.stateless_call(
+            [v.value for v in encoder.trainable_variables],
+            [v.value for v in encoder.non_trainable_variables], images, training=True)
+    return tf.stop_gradient(tf.cast(embedding, tf.float32))
+
+
+def build_stage_two(config, strategy, model, *, num_classes, num_train_examples):
+    """The stage-two classifier, its optimizer and checkpoint. Returns (head, optimizer,
+    checkpoint, steps per epoch)."""
+    linear = config.linear
+    per_epoch = steps_per_epoch(num_train_examples, linear.global_batch_size)
+    keras.utils.set_random_seed(config.seed + STAGE_TWO_SEED_OFFSET)
+    with strategy.scope():
+        head = models.linear_head(num_classes, init=config.model.classifier_init)
+        head.build((None, model.encoder.output_shape[-1]))
+        optimizer = optim.build_optimizer(
+            linear.optim, head.trainable_variables, global_batch_size=linear.global_batch_size,
+            steps_per_epoch=per_epoch, total_steps=stage_steps(linear.epochs, per_epoch),
+            config_prefix="linear.optim")
+        checkpoint = tf.train.Checkpoint(head=head, optimizer=optimizer)
+    return head, optimizer, checkpoint, per_epoch
+
+
+def make_stage_two_step(config, model, head, optimizer, num_replicas):
+    """Stage two's per-replica step: frozen encoder, classifier on view 1, update."""
+    linear = config.linear
+    if linear.bn_mode not in BN_MODES:
+        raise ValueError(f"linear.bn_mode={linear.bn_mode!r}; use one of {BN_MODES}")
+    batch_size = linear.global_batch_size // num_replicas
+    variables = head.trainable_variables
+
+    def replica_step(batch):
+        images, labels, num_views = _static_batch(batch, batch_size)
+        features = model.head_input(frozen_embedding(model.encoder, images, linear.bn_mode))
+        with tf.GradientTape() as tape:
+            logits = tf.cast(head(select_views(features, num_views, "first")), tf.float32)
+            loss = cross_entropy(labels, logits, linear.label_smoothing)
+            scaled_loss = loss / num_replicas
+        grads = tape.gradient(scaled_loss, variables)
+        finite = tf.logical_and(tf.math.is_finite(loss),
+                                tf.math.is_finite(tf.linalg.global_norm(grads)))
+        optimizer.apply_gradients(zip(grads, variables))
+        return {"loss": loss, "top1": tf.reduce_mean(top1_hits(labels, logits)),
+                "finite": tf.cast(finite, tf.float32)}
+
+    return replica_step
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def make_train_loop(strategy, replica_step, jit_compile, metric_names=STAGE_ONE_METRICS):
     """A tf.function running num_steps steps; returns the metrics averaged over them."""
     step_fn = tf.function(replica_step, jit_compile=True) if jit_compile else replica_step
 
     @tf.function
     def train_loop(iterator, num_steps):
-        sums = {key: tf.constant(0.0) for key in ("loss", "classifier_loss", "top1", "finite")}
+        sums = {key: tf.constant(0.0) for key in metric_names}
         for _ in tf.range(num_steps):
             per_replica = strategy.run(step_fn, args=(next(iterator),))
             sums = {key: value + strategy.reduce(tf.distribute.ReduceOp.MEAN,
@@ -181,57 +319,66 @@ def make_train_loop(strategy, replica_step, jit_compile):
     return train_loop
 
 
-# ---------------------------------------------------------------- stage one
+@dataclasses.dataclass
+class Stage:
+    """What run_stage needs to train one stage."""
+
+    name: str                  # in logs: "stage one", "stage two"
+    checkpoint_subdir: str     # under the workdir
+    summary_subdir: str
+    replica_step: Callable
+    metric_names: tuple
+    optimizer: keras.optimizers.Optimizer
+    checkpoint: tf.train.Checkpoint
+    data_config: ml_collections.ConfigDict
+    seed: int
+    global_batch_size: int
+    total_steps: int
+    steps_per_epoch: float
 
 
-def train(config, workdir, strategy, *, num_classes, num_train_examples):
-    """Stage one until config.train.epochs, resuming from workdir/checkpoints.
-
-    Returns (model, final step).
-    """
+def run_stage(stage, config, workdir, strategy):
+    """Trains `stage` until stage.total_steps, resuming from its checkpoints; returns the step."""
     train_config = config.train
-    global_batch = train_config.global_batch_size
+    global_batch = stage.global_batch_size
     if global_batch % strategy.num_replicas_in_sync:
-        raise ValueError(f"train.global_batch_size={global_batch} must divide evenly over "
-                         f"{strategy.num_replicas_in_sync} replicas")
+        raise ValueError(f"{stage.name}: global batch size {global_batch} must divide evenly "
+                         f"over {strategy.num_replicas_in_sync} replicas")
     jit_compile = strategy_lib.resolve_jit_compile(train_config.jit_compile, strategy)
-    logging.info("jit_compile for the train step: %s", jit_compile)
 
-    # ---- model, optimizer, checkpoint
-    model, optimizer, checkpoint, per_epoch = build_stage_one(
-        config, strategy, num_classes=num_classes, num_train_examples=num_train_examples)
-    total_steps = train_config.epochs * per_epoch
+    # ---- checkpoint
     chief = is_chief(strategy)
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    checkpoint_dir = os.path.join(workdir, stage.checkpoint_subdir)
     if not chief:  # every worker must save (variables sync), only the chief keeps it
-        checkpoint_dir = os.path.join(workdir, "tmp", f"worker_{strategy.cluster_resolver.task_id}")
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+        checkpoint_dir = os.path.join(workdir, "tmp", stage.checkpoint_subdir,
+                                      f"worker_{strategy.cluster_resolver.task_id}")
+    manager = tf.train.CheckpointManager(stage.checkpoint, checkpoint_dir,
                                          max_to_keep=train_config.keep_checkpoints)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s", manager.latest_checkpoint)
-    step = int(optimizer.iterations.numpy())
+        stage.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("%s: resumed from %s", stage.name, manager.latest_checkpoint)
+    step = int(stage.optimizer.iterations.numpy())
+    total_steps = stage.total_steps
     if step >= total_steps:
-        logging.info("already trained: step %d of %d", step, total_steps)
-        return model, step
+        logging.info("%s: already trained, step %d of %d", stage.name, step, total_steps)
+        return step
 
     # ---- input
     def dataset_fn(input_context):
-        return data.build_train_dataset(config.data, global_batch_size=global_batch,
-                                        seed=config.seed, input_context=input_context,
+        return data.build_train_dataset(stage.data_config, global_batch_size=global_batch,
+                                        seed=stage.seed, input_context=input_context,
                                         start_step=step)
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    train_loop = make_train_loop(
-        strategy, make_replica_step(config, model, optimizer, strategy.num_replicas_in_sync),
-        jit_compile)
+    train_loop = make_train_loop(strategy, stage.replica_step, jit_compile, stage.metric_names)
 
     # ---- loop
-    writer = (tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief
-              else tf.summary.create_noop_writer())
+    writer = (tf.summary.create_file_writer(os.path.join(workdir, stage.summary_subdir))
+              if chief else tf.summary.create_noop_writer())
     preempted = []
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-    logging.info("training steps %d..%d (%d per epoch)", step, total_steps, per_epoch)
+    logging.info("%s: steps %d..%d (%.1f per epoch), jit_compile %s", stage.name, step,
+                 total_steps, stage.steps_per_epoch, jit_compile)
     try:
         while step < total_steps:
             num_steps = min(train_config.steps_per_loop, total_steps - step)
@@ -240,14 +387,14 @@ def train(config, workdir, strategy, *, num_classes, num_train_examples):
             seconds = time.time() - started
             if metrics["finite"] < 1.0:
                 raise FloatingPointError(
-                    f"non-finite loss or gradient in steps {step + 1}..{step + num_steps} "
-                    f"(last good checkpoint: {manager.latest_checkpoint}); lower optim.base_lr "
-                    "or check the input")
+                    f"{stage.name}: non-finite loss or gradient in steps {step + 1}.."
+                    f"{step + num_steps} (last good checkpoint: {manager.latest_checkpoint}); "
+                    "lower the base_lr or check the input")
             previous_step, step = step, step + num_steps
             steps_per_sec = num_steps / seconds
             if crossed(previous_step, step, train_config.log_every_steps) or step == total_steps:
-                log_metrics(writer, step, total_steps, metrics, steps_per_sec, global_batch,
-                            float(optimizer.learning_rate))
+                log_metrics(writer, stage.name, step, total_steps, metrics, steps_per_sec,
+                            global_batch, float(stage.optimizer.learning_rate))
             if (crossed(previous_step, step, train_config.checkpoint_every_steps)
                     or step == total_steps or preempted):
                 manager.save(checkpoint_number=step)
@@ -258,27 +405,63 @@ def train(config, workdir, strategy, *, num_classes, num_train_examples):
         writer.flush()
     if not chief:
         tf.io.gfile.rmtree(checkpoint_dir)
-    return model, step
+    return step
 
 
 def crossed(previous_step, step, every):
     return every > 0 and step // every > previous_step // every
 
 
-def log_metrics(writer, step, total_steps, metrics, steps_per_sec, global_batch, learning_rate):
+def log_metrics(writer, stage_name, step, total_steps, metrics, steps_per_sec, global_batch,
+                learning_rate):
     eta_minutes = (total_steps - step) / max(steps_per_sec, 1e-9) / 60
-    logging.info("step %d/%d  loss %.4f  online top-1 %.3f  lr %.4g  %.2f steps/s  ETA %.1f min",
-                 step, total_steps, metrics["loss"], metrics["top1"], learning_rate,
-                 steps_per_sec, eta_minutes)
-    scalars = {"loss": metrics["loss"], "classifier_loss": metrics["classifier_loss"],
-               "online_top1": metrics["top1"], "lr": learning_rate,
-               "steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * global_batch}
+    logging.info("%s: step %d/%d  loss %.4f  train top-1 %.3f  lr %.4g  %.2f steps/s  "
+                 "ETA %.1f min", stage_name, step, total_steps, metrics["loss"], metrics["top1"],
+                 learning_rate, steps_per_sec, eta_minutes)
+    scalars = {key: value for key, value in metrics.items() if key != "finite"}
+    scalars.update({"lr": learning_rate, "steps_per_sec": steps_per_sec,
+                    "examples_per_sec": steps_per_sec * global_batch})
     with writer.as_default(step=step):
         for tag, value in scalars.items():
             tf.summary.write(tag, tf.constant(value, tf.float32), metadata=SCALAR_METADATA)
 
 
-# ---------------------------------------------------------------- stage two
+# ---------------------------------------------------------------- stages, assembled
+
+
+def train(config, workdir, strategy, *, num_classes, num_train_examples):
+    """Stage one until config.train.epochs, resuming from workdir/checkpoints.
+
+    Returns (model, final step).
+    """
+    model, optimizer, checkpoint, per_epoch = build_stage_one(
+        config, strategy, num_classes=num_classes, num_train_examples=num_train_examples)
+    stage = Stage(
+        name="stage one", checkpoint_subdir="checkpoints", summary_subdir="train",
+        replica_step=make_replica_step(config, model, optimizer,
+                                       strategy.num_replicas_in_sync),
+        metric_names=STAGE_ONE_METRICS, optimizer=optimizer, checkpoint=checkpoint,
+        data_config=config.data, seed=config.seed,
+        global_batch_size=config.train.global_batch_size,
+        total_steps=stage_steps(config.train.epochs, per_epoch), steps_per_epoch=per_epoch)
+    return model, run_stage(stage, config, workdir, strategy)
+
+
+def train_stage_two(config, workdir, strategy, model, *, num_classes, num_train_examples):
+    """The official stage two through run_stage; returns the trained classifier."""
+    head, optimizer, checkpoint, per_epoch = build_stage_two(
+        config, strategy, model, num_classes=num_classes, num_train_examples=num_train_examples)
+    stage = Stage(
+        name="stage two", checkpoint_subdir="linear", summary_subdir="linear_train",
+        replica_step=make_stage_two_step(config, model, head, optimizer,
+                                         strategy.num_replicas_in_sync),
+        metric_names=STAGE_TWO_METRICS, optimizer=optimizer, checkpoint=checkpoint,
+        data_config=stage_two_data_config(config),
+        seed=config.seed + STAGE_TWO_SEED_OFFSET,
+        global_batch_size=config.linear.global_batch_size,
+        total_steps=stage_steps(config.linear.epochs, per_epoch), steps_per_epoch=per_epoch)
+    run_stage(stage, config, workdir, strategy)
+    return head
 
 
 def restore_for_eval(config, workdir, strategy, *, num_classes, num_train_examples):
@@ -292,6 +475,9 @@ def restore_for_eval(config, workdir, strategy, *, num_classes, num_train_exampl
     return model, int(checkpoint.optimizer.iterations.numpy())
 
 
+# ---------------------------------------------------------------- evaluation
+
+
 def split_outputs(config, strategy, embed_fn, split):
     eval_batch = config.eval.batch_size
     if eval_batch % strategy.num_replicas_in_sync:
@@ -302,34 +488,54 @@ def split_outputs(config, strategy, embed_fn, split):
         embed_fn, strategy.experimental_distribute_dataset(dataset), strategy=strategy)
 
 
-def linear_eval(config, workdir, strategy, model, *, num_classes):
-    """Top-1/top-5 on config.data.eval_split of the final model (stage two for supcon/simclr)."""
-    if config.method == "ce":
-        outputs, labels = split_outputs(
-            config, strategy, lambda x: model.classifier(model.encoder(x, training=False)),
-            config.data.eval_split)
-        return {"top1": evaluate.topk_accuracy(labels, outputs, 1),
-                "top5": evaluate.topk_accuracy(labels, outputs, 5),
-                "num_eval_examples": len(labels)}
+def topk(labels, logits):
+    return {"top1": evaluate.topk_accuracy(labels, logits, 1),
+            "top5": evaluate.topk_accuracy(labels, logits, 5)}
 
-    def embed_fn(images):
-        outputs = model(images, training=False)
-        return {"embedding": outputs["embedding"], "logits": outputs["logits"]}
 
-    train_outputs, train_labels = split_outputs(config, strategy, embed_fn, config.data.train_split)
-    eval_outputs, eval_labels = split_outputs(config, strategy, embed_fn, config.data.eval_split)
-    head = models.linear_head(num_classes)
+def cached_probe(config, workdir, strategy, model, eval_features, eval_labels, *, num_classes):
+    """The "cached" protocol: a classifier on un-augmented embeddings computed once."""
+    def features_fn(images):
+        return model.head_input(tf.cast(model.encoder(images, training=False), tf.float32))
+
+    train_features, train_labels = split_outputs(config, strategy, features_fn,
+                                                 config.data.train_split)
+    head = models.linear_head(num_classes, init=config.model.classifier_init)
     probe = evaluate.linear_probe(
-        train_outputs["embedding"], train_labels, eval_outputs["embedding"], eval_labels,
-        num_classes=num_classes, optim_config=config.linear.optim, epochs=config.linear.epochs,
+        train_features, train_labels, eval_features, eval_labels, num_classes=num_classes,
+        optim_config=config.linear.optim, epochs=config.linear.epochs,
         batch_size=config.linear.global_batch_size, seed=config.seed, head=head)
     if is_chief(strategy):
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(head=head),
                                              os.path.join(workdir, "linear"), max_to_keep=1)
         manager.save(checkpoint_number=config.linear.epochs)
-    return {"top1": probe["top1"], "top5": probe["top5"], "linear_train_top1": probe["train_top1"],
-            "online_top1": evaluate.topk_accuracy(eval_labels, eval_outputs["logits"], 1),
-            "num_eval_examples": len(eval_labels)}
+    return {"top1": probe["top1"], "top5": probe["top5"], "linear_train_top1": probe["train_top1"]}
+
+
+def evaluate_model(config, workdir, strategy, model, *, num_classes, num_train_examples):
+    """Top-1/top-5 on config.data.eval_split after the last stage (stage two for supcon/simclr)."""
+    if config.method == "ce":
+        logits, labels = split_outputs(
+            config, strategy,
+            lambda x: model.classifier(model.head_input(model.encoder(x, training=False))),
+            config.data.eval_split)
+        return {**topk(labels, logits), "num_eval_examples": len(labels)}
+
+    def eval_fn(images):
+        outputs = model(images, training=False)
+        return {"features": model.head_input(outputs["embedding"]), "logits": outputs["logits"]}
+
+    eval_outputs, eval_labels = split_outputs(config, strategy, eval_fn, config.data.eval_split)
+    results = {"online_top1": evaluate.topk_accuracy(eval_labels, eval_outputs["logits"], 1),
+               "num_eval_examples": len(eval_labels), "linear_protocol": config.linear.protocol}
+    if config.linear.protocol == "cached":
+        results.update(cached_probe(config, workdir, strategy, model, eval_outputs["features"],
+                                    eval_labels, num_classes=num_classes))
+        return results
+    head = train_stage_two(config, workdir, strategy, model, num_classes=num_classes,
+                           num_train_examples=num_train_examples)
+    results.update(topk(eval_labels, head(eval_outputs["features"]).numpy()))
+    return results
 
 
 # ---------------------------------------------------------------- entry point
@@ -363,7 +569,7 @@ def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
 
     results = {"method": config.method, "dataset": config.data.name, "seed": config.seed,
                "eval_split": config.data.eval_split, "steps": step}
-    results.update(linear_eval(config, workdir, strategy, model, num_classes=info.num_classes))
+    results.update(evaluate_model(config, workdir, strategy, model, **sizes))
     results["wall_s"] = round(time.time() - start_time, 1)
     logging.info("results: %s", results)
     if is_chief(strategy):

@@ -28,20 +28,28 @@ def _in_dataset(fn, *args):
     return next(iter(dataset))
 
 
-def test_crop_windows_follow_area_and_aspect_ranges():
+def test_crop_windows_follow_the_official_area_aspect_and_coverage():
     shape = tf.constant([120, 160, 3])
     areas, aspects = [], []
-    for salt in range(40):
+    for salt in range(60):
         windows = augment.sample_crop_windows(shape, augment.fold_seed(SEED, salt), num_views=2,
-                                              area_range=(0.2, 1.0)).numpy()
+                                              area_range=(0.08, 1.0)).numpy()
         for top, left, height, width in windows:
             assert top >= 0 and left >= 0 and top + height <= 120 and left + width <= 160
             areas.append(height * width / (120 * 160))
             aspects.append(width / height)
     areas, aspects = np.array(areas), np.array(aspects)
-    assert areas.min() >= 0.2 - 0.02 and areas.max() <= 1.0
-    assert aspects.min() >= 0.75 * 0.95 and aspects.max() <= (4 / 3) * 1.05
+    # min_object_covered 0.1 lifts the 0.08 floor to 0.1 of the image.
+    assert areas.min() >= 0.1 - 0.01 and areas.max() <= 1.0
+    assert aspects.min() >= 0.75 * 0.95 and aspects.max() <= 1.33 * 1.05
     assert areas.std() > 0.1  # really random, not a fixed crop
+
+
+def test_crop_window_falls_back_to_the_centred_square():
+    # No window of a 1:4 image has an aspect ratio in [0.75, 1.33] and 99% of its area.
+    windows = augment.sample_crop_windows(tf.constant([10, 40, 3]), SEED, num_views=2,
+                                          area_range=(0.99, 1.0)).numpy()
+    np.testing.assert_array_equal(windows, [[0, 15, 10, 10]] * 2)
 
 
 def test_resized_crops_are_exact_slices_at_their_own_size():
@@ -68,27 +76,108 @@ def test_jpeg_partial_decode_matches_full_decode_then_crop():
     np.testing.assert_array_equal(in_dataset.numpy(), from_jpeg.numpy())
 
 
-def test_center_crop_jpeg_takes_the_central_224_of_256():
-    image = _ramp_image(64, 128)
+def _numpy_bilinear(image, height, width):
+    """Bilinear resize with half-pixel centres (tf.image.resize's convention), in float64."""
+    def axis_weights(size_in, size_out):
+        src = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, None)
+        low = np.floor(src).astype(int)
+        return low, np.minimum(low + 1, size_in - 1), src - low
+
+    x = image.astype(np.float64)
+    top, bottom, fy = axis_weights(image.shape[0], height)
+    left, right, fx = axis_weights(image.shape[1], width)
+    rows = x[top] * (1 - fy)[:, None, None] + x[bottom] * fy[:, None, None]
+    return rows[:, left] * (1 - fx)[None, :, None] + rows[:, right] * fx[None, :, None]
+
+
+@pytest.mark.parametrize("height,width,size", [(30, 50, 21), (90, 60, 56), (12, 20, 28)])
+def test_eval_resizes_the_shorter_side_then_takes_the_centre(height, width, size):
+    image = _ramp_image(height, width)
+    short = size + 32  # the official crop_padding
+    scale = np.float32(short) / np.float32(min(height, width))
+    new_h, new_w = int(scale * np.float32(height)), int(scale * np.float32(width))
+    assert min(new_h, new_w) == short
+    resized = _numpy_bilinear(image, new_h, new_w)
+    top, left = (new_h - size + 1) // 2, (new_w - size + 1) // 2
+    expected = resized[top:top + size, left:left + size] / 255.0
+    out = augment.resize_then_center_crop(tf.constant(image), size).numpy()
+    assert out.shape == (size, size, 3)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    # Through the eval pipeline's JPEG path, decoding the whole image first.
     encoded = tf.io.encode_jpeg(image, quality=100)
-    side = round(64 * 224 / 256)   # 56
-    top, left = (64 - side + 1) // 2, (128 - side + 1) // 2
-    expected = tf.image.resize(tf.io.decode_jpeg(encoded)[top:top + side, left:left + side],
-                               [32, 32]) / 255.0
-    np.testing.assert_allclose(augment.center_crop_jpeg(encoded, size=32).numpy(),
-                               expected.numpy(), atol=3 / 255)  # chroma upsampling at crop edges
+    decoded = tf.io.decode_jpeg(encoded).numpy()
+    spec = views_lib.ViewSpec(augment="simaugment", image_size=size, num_views=1, jpeg=True)
+    from_jpeg = _numpy_bilinear(decoded, new_h, new_w)[top:top + size, left:left + size] / 255.0
+    np.testing.assert_allclose(views_lib.eval_image(encoded, spec).numpy(), from_jpeg, atol=1e-4)
 
 
-def test_color_jitter_identity_cases_and_gray_stays_gray():
+# ---------------------------------------------------------------------------- colour jitter
+
+
+def _jitter_draws(n, *, apply=0.0, brightness=0.5, contrast=0.5, saturation=0.5, hue=0.5,
+                  order=(0.1, 0.2, 0.3, 0.4)):
+    """uniform [n, JITTER_DRAWS] for color_jitter_transforms; 0.5 is each op's identity."""
+    columns = [apply, brightness, contrast, saturation, hue, *order]
+    return tf.constant(np.broadcast_to(np.array(columns, np.float32), (n, len(columns))))
+
+
+def _jitter(images, style, **draws):
+    transforms = augment.color_jitter_transforms(
+        augment.mean_color(images), _jitter_draws(images.shape[0], **draws), strength=0.25,
+        style=style)
+    return augment.apply_color_transform(images, transforms).numpy()
+
+
+def _mid_images(n, seed=0):
+    """Values in [0.3, 0.6], so that no op of strength 0.25 reaches 0 or 1."""
+    return tf.constant(np.random.default_rng(seed).uniform(0.3, 0.6, (n, 8, 8, 3)), tf.float32)
+
+
+@pytest.mark.parametrize("style", augment.JITTER_STYLES)
+def test_color_jitter_identity_cases_and_gray_stays_gray(style):
     images = _random_images(6)
     for kwargs in (dict(strength=0.0), dict(strength=1.0, probability=0.0)):
-        np.testing.assert_allclose(augment.color_jitter(images, SEED, **kwargs).numpy(),
-                                   images.numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            augment.color_jitter(images, SEED, style=style, **kwargs).numpy(), images.numpy(),
+            atol=1e-5)
     gray = tf.repeat(images[..., :1], 3, axis=-1)
-    jittered = augment.color_jitter(gray, SEED, strength=1.0, probability=1.0).numpy()
+    jittered = augment.color_jitter(gray, SEED, strength=1.0, style=style,
+                                    probability=1.0).numpy()
     np.testing.assert_allclose(jittered[..., 0], jittered[..., 1], atol=1e-4)
     np.testing.assert_allclose(jittered[..., 0], jittered[..., 2], atol=1e-4)
     assert not np.allclose(jittered, gray.numpy(), atol=1e-3)
+
+
+def test_tf_brightness_adds_the_drawn_delta_and_pytorch_brightness_scales():
+    images = _mid_images(1)
+    x = images.numpy()
+    for u in (0.0, 0.3, 0.9):
+        # tf.image.random_brightness(max_delta=0.8 s): a delta from [-0.2, 0.2] at s = 0.25.
+        delta = 0.2 * (2 * u - 1)
+        out = _jitter(images, "tf", brightness=u)
+        np.testing.assert_allclose(out.mean(axis=(1, 2)) - x.mean(axis=(1, 2)), delta, atol=1e-5)
+        np.testing.assert_allclose(out, x + delta, atol=1e-5)
+        factor = 0.8 + 0.4 * u   # [max(0, 1 - 0.2), 1.2]
+        np.testing.assert_allclose(_jitter(images, "pytorch", brightness=u), factor * x,
+                                   atol=1e-5)
+
+
+def test_tf_contrast_pivots_on_each_channel_mean_and_pytorch_on_the_gray_mean():
+    images = _mid_images(1, seed=1)
+    x = images.numpy()[0]
+    mean = x.mean(axis=(0, 1))
+    factor = 0.8 + 0.4 * 0.9
+    tf_style = _jitter(images, "tf", contrast=0.9)[0]
+    np.testing.assert_allclose(tf_style, mean + factor * (x - mean), atol=1e-5)
+    gray_mean = (x @ augment.GRAY_WEIGHTS).mean()
+    pytorch_style = _jitter(images, "pytorch", contrast=0.9)[0]
+    np.testing.assert_allclose(pytorch_style, gray_mean + factor * (x - gray_mean), atol=1e-5)
+    # Contrast pivots on the mean as the ops before it left it: after or before a
+    # brightness delta d, the result is mean + f (x - mean) + d either way.
+    delta = 0.2 * (2 * 0.8 - 1)
+    for order in ((0.1, 0.2, 0.3, 0.4), (0.2, 0.1, 0.3, 0.4)):
+        both = _jitter(images, "tf", brightness=0.8, contrast=0.9, order=order)[0]
+        np.testing.assert_allclose(both, mean + factor * (x - mean) + delta, atol=1e-5)
 
 
 def test_hue_rotation_keeps_luma_and_chroma_and_returns_after_full_turn():
@@ -105,31 +194,32 @@ def test_hue_rotation_keeps_luma_and_chroma_and_returns_after_full_turn():
                                atol=1e-5)
 
 
-def test_color_jitter_transform_of_single_ops_matches_torchvision_formulas():
-    """With the other factors forced to identity, each op equals its textbook formula."""
-    images = _random_images(1)
+@pytest.mark.parametrize("style", augment.JITTER_STYLES)
+def test_saturation_blends_with_the_gray_image(style):
+    images = _mid_images(1, seed=2)
     x = images.numpy()[0]
     luma = x @ augment.GRAY_WEIGHTS
-    n = tf.constant(1)
-    eye = tf.eye(3, batch_shape=[n])
-    saturation = augment._homogeneous(augment._blend_with_gray(tf.constant([0.4])),
-                                      tf.zeros([1, 3]))
-    out = augment.apply_color_transform(images, saturation).numpy()[0]
-    np.testing.assert_allclose(out, np.clip(0.4 * x + 0.6 * luma[..., None], 0, 1), atol=1e-5)
-    brightness = augment._homogeneous(1.5 * eye, tf.zeros([1, 3]))
-    out = augment.apply_color_transform(images, brightness).numpy()[0]
-    np.testing.assert_allclose(out, np.clip(1.5 * x, 0, 1), atol=1e-5)
+    factor = 0.8 + 0.4 * 0.2
+    np.testing.assert_allclose(_jitter(images, style, saturation=0.2)[0],
+                               factor * x + (1 - factor) * luma[..., None], atol=1e-5)
 
 
-def test_color_jitter_applies_with_probability_and_random_order_per_image():
+@pytest.mark.parametrize("style", augment.JITTER_STYLES)
+def test_color_jitter_applies_with_probability_and_is_seeded(style):
     images = _random_images(300, size=4)
-    out = augment.color_jitter(images, SEED, strength=0.5).numpy()
+    out = augment.color_jitter(images, SEED, strength=0.5, style=style).numpy()
     changed = np.abs(out - images.numpy()).max(axis=(1, 2, 3)) > 1e-4
     assert 0.7 < changed.mean() < 0.9
-    same = augment.color_jitter(images, SEED, strength=0.5).numpy()
+    same = augment.color_jitter(images, SEED, strength=0.5, style=style).numpy()
     np.testing.assert_array_equal(out, same)
-    in_dataset = _in_dataset(lambda i, s: augment.color_jitter(i, s, strength=0.5), images, SEED)
+    in_dataset = _in_dataset(lambda i, s: augment.color_jitter(i, s, strength=0.5, style=style),
+                             images, SEED)
     np.testing.assert_allclose(in_dataset.numpy(), out, atol=1e-6)
+
+
+def test_unknown_jitter_style_raises():
+    with pytest.raises(ValueError, match="hsv"):
+        augment.color_jitter(_random_images(1), SEED, strength=1.0, style="hsv")
 
 
 def test_random_grayscale_matches_luma_with_probability():
@@ -142,54 +232,79 @@ def test_random_grayscale_matches_luma_with_probability():
     assert 0.15 < gray_rows.mean() < 0.25
 
 
+# ---------------------------------------------------------------------------- blur
+
+
 def _numpy_blur(image, sigma):
-    """Reflect-padded separable Gaussian with ceil(3 sigma) taps on each side."""
-    radius = math.ceil(3 * sigma)
+    """Separable Gaussian, ceil(3 sigma) taps a side but at most 6 and the official
+    (H // 10) // 2, reading 0.5 outside the image (zero in [-1, 1])."""
+    radius = min(math.ceil(3 * sigma), 6, (image.shape[0] // 10) // 2)
     taps = np.arange(-radius, radius + 1)
     kernel = np.exp(-taps ** 2 / (2 * sigma ** 2))
     kernel /= kernel.sum()
-    padded = np.pad(image, [(radius, radius), (radius, radius), (0, 0)], mode="reflect")
+    padded = np.pad(image, [(radius, radius), (radius, radius), (0, 0)], constant_values=0.5)
     height, width = image.shape[:2]
     rows = sum(k * padded[i:i + height] for i, k in enumerate(kernel))
     return sum(k * rows[:, i:i + width] for i, k in enumerate(kernel))
 
 
-# Not all square, so that padding or blurring along the wrong axis shows; the sigmas
-# give kernel radii 4, 6 (the largest) and 1.
-@pytest.mark.parametrize("height,width,sigma", [(16, 16, 1.3), (augment.BLUR_MIN_SIZE, 40, 2.0),
-                                                (16, 20, 0.3)])
+# Not all square, so that padding or blurring along the wrong axis shows. Radii:
+# 2 (the official cap at 40 px), 6 (the largest), 1, and 1 (capped from 3 at 30 px).
+@pytest.mark.parametrize("height,width,sigma", [(40, 48, 1.3), (120, 40, 2.0), (40, 40, 0.3),
+                                                (30, 44, 0.8)])
 def test_gaussian_blur_matches_numpy_convolution(height, width, sigma):
-    images = tf.constant(np.random.default_rng(0).uniform(size=(2, height, width, 3)), tf.float32)
+    images = tf.constant(np.random.default_rng(0).uniform(size=(1, height, width, 3)), tf.float32)
     out = augment.random_gaussian_blur(images, SEED, probability=1.0,
                                        sigma_range=(sigma, sigma)).numpy()
-    for image, blurred in zip(images.numpy(), out):
-        np.testing.assert_allclose(blurred, _numpy_blur(image, sigma), atol=1e-5)
+    np.testing.assert_allclose(out[0], _numpy_blur(images.numpy()[0], sigma), atol=1e-5)
     untouched = augment.random_gaussian_blur(images, SEED, probability=0.0,
                                              sigma_range=(sigma, sigma))
     np.testing.assert_array_equal(untouched.numpy(), images.numpy())
-    in_dataset = _in_dataset(
-        lambda i, s: augment.random_gaussian_blur(i, s, probability=1.0,
-                                                  sigma_range=(sigma, sigma)),
-        images, SEED)
-    np.testing.assert_allclose(in_dataset.numpy(), out, atol=1e-6)
+    if height == 30:  # once, inside tf.data
+        in_dataset = _in_dataset(
+            lambda i, s: augment.random_gaussian_blur(i, s, probability=1.0,
+                                                      sigma_range=(sigma, sigma)),
+            images, SEED)
+        np.testing.assert_allclose(in_dataset.numpy(), out, atol=1e-6)
 
 
-def test_gaussian_blur_keeps_white_images_white():
-    # The kernel's weights sum to 1 only up to rounding; the output must still stay in [0, 1].
-    white = tf.ones([augment.BLUR_RADIUS, 16, 16, 3])
-    for salt in range(30):
-        out = augment.random_gaussian_blur(white, augment.fold_seed(SEED, salt), probability=1.0)
-        assert float(tf.reduce_max(out)) <= 1.0
-        np.testing.assert_allclose(out.numpy(), 1.0, atol=1e-6)
+def test_official_kernel_sizes_and_no_blur_below_20_pixels():
+    assert [augment.official_blur_radius(size) for size in (224, 32, 64, 19)] == [11, 1, 3, 0]
+    images = _random_images(2, size=16)   # the official kernel has one tap at 16 px
+    np.testing.assert_array_equal(
+        augment.random_gaussian_blur(images, SEED, probability=1.0).numpy(), images.numpy())
+
+
+def test_gaussian_blur_pads_with_mid_gray():
+    gray = tf.fill([3, 40, 40, 3], 0.5)
+    white = tf.ones([3, 40, 40, 3])
+    for salt in range(10):
+        seed = augment.fold_seed(SEED, salt)
+        np.testing.assert_allclose(
+            augment.random_gaussian_blur(gray, seed, probability=1.0).numpy(), 0.5, atol=1e-6)
+        out = augment.random_gaussian_blur(white, seed, probability=1.0).numpy()
+        assert out.max() <= 1.0   # the weights sum to 1 only up to rounding
+        np.testing.assert_allclose(out[:, 2:-2, 2:-2], 1.0, atol=1e-6)
+    # A corner of a white image takes in 0.5 from outside: about 0.71 at sigma 1.5.
+    corner = augment.random_gaussian_blur(white, SEED, probability=1.0,
+                                          sigma_range=(1.5, 1.5)).numpy()[:, 0, 0]
+    expected = _numpy_blur(np.ones([40, 40, 3]), 1.5)[0, 0]
+    np.testing.assert_allclose(corner, np.broadcast_to(expected, corner.shape), atol=1e-5)
+    assert corner.max() < 0.8
 
 
 def test_gaussian_blur_applies_with_probability():
-    images = _random_images(4, size=16)
+    probability = 0.25
+    images = _random_images(8, size=40)
     unchanged = []
-    for salt in range(10):
-        out = augment.random_gaussian_blur(images, augment.fold_seed(SEED, salt)).numpy()
+    for salt in range(20):
+        out = augment.random_gaussian_blur(images, augment.fold_seed(SEED, salt),
+                                           probability=probability).numpy()
         unchanged.extend(np.all(out == images.numpy(), axis=(1, 2, 3)))
-    assert 0.25 < np.mean(unchanged) < 0.75
+    assert abs((1 - np.mean(unchanged)) - probability) < 0.12
+
+
+# ---------------------------------------------------------------------------- view photometry
 
 
 def _pixel_views(n, size=16, seed=0):
@@ -198,9 +313,9 @@ def _pixel_views(n, size=16, seed=0):
 
 
 def test_view_photometry_keeps_shape_range_and_is_seeded():
-    views = _pixel_views(2)
+    views = _pixel_views(2, size=24)
     out = augment.view_photometry(views, SEED, blur=True)
-    assert out.shape == (2, 16, 16, 3)
+    assert out.shape == (2, 24, 24, 3)
     assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
     np.testing.assert_array_equal(out.numpy(), augment.view_photometry(views, SEED, blur=True))
     other = augment.view_photometry(views, tf.constant([1, 2]), blur=True)
@@ -225,16 +340,18 @@ def test_view_photometry_alone_rescales_and_flips_half_the_views():
     np.testing.assert_allclose(kept.numpy(), expected, atol=1e-6)
 
 
-def test_view_photometry_jitter_and_grayscale_follow_their_draws():
+@pytest.mark.parametrize("style", augment.JITTER_STYLES)
+def test_view_photometry_jitter_and_grayscale_follow_their_draws(style):
     # view_photometry draws [V, PHOTOMETRY_DRAWS] uniforms in one op under XLA, where
     # the stateless random ops give other numbers than the TF kernels: drawn the same way here.
     views = _pixel_views(2)
     scaled = views / 255.0
     draws = tf.function(lambda s: tf.random.stateless_uniform([2, augment.PHOTOMETRY_DRAWS], s),
                         jit_compile=True)(SEED)
-    jittered = augment.view_photometry(views, SEED, hflip=False, grayscale=False)
+    jittered = augment.view_photometry(views, SEED, hflip=False, grayscale=False,
+                                       color_jitter_style=style)
     transforms = augment.color_jitter_transforms(
-        augment.mean_color(scaled), draws[:, augment.JITTER_COLUMNS], strength=1.0)
+        augment.mean_color(scaled), draws[:, augment.JITTER_COLUMNS], strength=1.0, style=style)
     np.testing.assert_allclose(jittered.numpy(),
                                augment.apply_color_transform(scaled, transforms).numpy(), atol=1e-5)
     gray = augment.view_photometry(views, SEED, hflip=False, color_strength=None)
@@ -243,27 +360,32 @@ def test_view_photometry_jitter_and_grayscale_follow_their_draws():
                                augment.apply_color_transform(scaled, transforms).numpy(), atol=1e-5)
 
 
-def test_view_photometry_blur_equals_numpy_blur_of_the_selected_views():
+@pytest.mark.parametrize("probability", [0.5, 0.25])
+def test_view_photometry_blur_equals_numpy_blur_of_the_selected_views(probability):
     # Not square, so that padding or blurring along the wrong axis shows.
-    views = tf.constant(255.0 * np.random.default_rng(0).uniform(size=(4, 16, 24, 3)), tf.float32)
+    views = tf.constant(255.0 * np.random.default_rng(0).uniform(size=(4, 40, 48, 3)), tf.float32)
     scaled = views.numpy() / 255.0
     blurred, unchanged = [], []
-    for salt in range(3):
+    for salt in range(12):
         out = augment.view_photometry(views, augment.fold_seed(SEED, salt), hflip=False,
                                       color_strength=None, grayscale=False, blur=True,
+                                      blur_probability=probability,
                                       blur_sigma_range=(0.8, 0.8)).numpy()
         for o, x in zip(out, scaled):
             blurred.append(np.allclose(o, _numpy_blur(x, 0.8), atol=1e-5))
             unchanged.append(np.allclose(o, x, atol=1e-6))
     assert all(b != u for b, u in zip(blurred, unchanged))
-    assert any(blurred) and any(unchanged)
+    assert abs(np.mean(blurred) - probability) < 0.2
+
+
+# ---------------------------------------------------------------------------- whole views
 
 
 def test_example_views_simaugment_keeps_shape_range_and_is_seeded():
-    spec = views_lib.ViewSpec(augment="simaugment", image_size=16, num_views=2, blur=True)
-    encoded = tf.io.encode_png(_ramp_image(20, 24))
+    spec = views_lib.ViewSpec(augment="simaugment", image_size=24, num_views=2, blur=True)
+    encoded = tf.io.encode_png(_ramp_image(30, 36))
     out = views_lib.example_views(encoded, SEED, spec)
-    assert out.shape == (2, 16, 16, 3)
+    assert out.shape == (2, 24, 24, 3)
     assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
     np.testing.assert_array_equal(out.numpy(), views_lib.example_views(encoded, SEED, spec))
     other = views_lib.example_views(encoded, tf.constant([1, 2]), spec)
@@ -272,13 +394,93 @@ def test_example_views_simaugment_keeps_shape_range_and_is_seeded():
     np.testing.assert_allclose(in_dataset.numpy(), out.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["autoaugment", "stacked_randaugment"])
+def test_crop_flip_views_are_resized_crops_or_their_mirror_images():
+    image = _ramp_image(30, 40)
+    encoded = tf.io.encode_png(image)
+    spec = views_lib.ViewSpec(augment="crop_flip", image_size=16, num_views=2, crop_area_min=0.2,
+                              color_strength=1.0, blur=True)
+    flipped = []
+    for salt in range(10):
+        seed = augment.fold_seed(SEED, salt)
+        crop_seed, _ = views_lib.stage_seeds(seed)
+        windows = augment.sample_crop_windows(tf.constant([30, 40, 3]), crop_seed, num_views=2,
+                                              area_range=(0.2, 1.0)).numpy()
+        out = views_lib.example_views(encoded, seed, spec).numpy()
+        for view, (top, left, height, width) in zip(out, windows):
+            crop = _numpy_bilinear(image[top:top + height, left:left + width], 16, 16) / 255.0
+            mirrored = np.allclose(view, crop[:, ::-1], atol=1e-4)
+            assert mirrored or np.allclose(view, crop, atol=1e-4)
+            flipped.append(mirrored)
+    assert 0 < np.mean(flipped) < 1
+    # Colours stay as they are: a one-colour image gives views of exactly that colour.
+    flat = tf.io.encode_png(np.full((30, 40, 3), [200, 30, 90], np.uint8))
+    np.testing.assert_allclose(views_lib.example_views(flat, SEED, spec).numpy(),
+                               np.broadcast_to(np.array([200, 30, 90]) / 255.0, (2, 16, 16, 3)),
+                               atol=1e-6)
+
+
+def _spy_on_view_ops(monkeypatch):
+    """Records each view_photometry and apply_policy call of views.augment_views, in order."""
+    calls = []
+    photometry, apply_policy = augment.view_photometry, augment.apply_policy
+
+    def spy_photometry(views, seed, **kwargs):
+        calls.append(("photometry", kwargs))
+        return photometry(views, seed, **kwargs)
+
+    def spy_policy(views, seed, policy):
+        calls.append(("policy", policy))
+        return apply_policy(views, seed, policy)
+
+    monkeypatch.setattr(augment, "view_photometry", spy_photometry)
+    monkeypatch.setattr(augment, "apply_policy", spy_policy)
+    return calls
+
+
+def test_stacked_randaugment_jitters_then_randaugments_then_grays_and_blurs(monkeypatch):
+    calls = _spy_on_view_ops(monkeypatch)
+    spec = views_lib.ViewSpec(augment="stacked_randaugment", image_size=24, num_views=2,
+                              color_strength=1.0, color_jitter_style="tf", blur=True,
+                              blur_probability=0.5, randaugment_layers=2, randaugment_magnitude=10)
+    views = views_lib.augment_views(_pixel_views(2, size=24), SEED, spec)
+    assert views.shape == (2, 24, 24, 3)
+    (first, jitter), (second, policy), (third, finish) = calls
+    assert (first, second, third) == ("photometry", "policy", "photometry")
+    assert jitter["color_strength"] == 1.0 and jitter["color_jitter_style"] == "tf"
+    assert jitter["grayscale"] is False and not jitter.get("blur", False)
+    assert finish["color_strength"] is None and finish.get("grayscale", True)
+    assert finish["blur"] is True and finish["blur_probability"] == 0.5
+    assert finish["hflip"] is False and finish["value_range"] == 1.0
+    # The policy is RandAugment(2, 10).
+    from supcon_tf.data import policies
+    image = tf.constant(_ramp_image(24, 24))
+    np.testing.assert_array_equal(policy(image, SEED).numpy(),
+                                  policies.randaugment(image, SEED, 2, 10).numpy())
+
+
+@pytest.mark.parametrize("mode", ["autoaugment", "crop_flip", "simaugment"])
+def test_modes_pass_their_ops_and_only_simclr_modes_blur(monkeypatch, mode):
+    calls = _spy_on_view_ops(monkeypatch)
+    spec = views_lib.ViewSpec(augment=mode, image_size=24, num_views=2, blur=True,
+                              blur_probability=0.3, color_jitter_style="pytorch")
+    views_lib.augment_views(_pixel_views(2, size=24), SEED, spec)
+    photometry = [kwargs for kind, kwargs in calls if kind == "photometry"]
+    assert len(photometry) == 1
+    if mode == "simaugment":
+        assert photometry[0]["blur"] is True and photometry[0]["blur_probability"] == 0.3
+        assert photometry[0]["color_jitter_style"] == "pytorch"
+    else:
+        assert not photometry[0].get("blur", False) and photometry[0]["color_strength"] is None
+    assert [kind for kind, _ in calls].count("policy") == (mode == "autoaugment")
+
+
+@pytest.mark.parametrize("mode", ["autoaugment", "randaugment", "stacked_randaugment",
+                                  "crop_flip"])
 def test_policy_modes_give_views_in_range(mode):
-    pytest.importorskip("supcon_tf.data.policies")
-    spec = views_lib.ViewSpec(augment=mode, image_size=16, num_views=2, blur=True,
-                              randaugment_layers=2, randaugment_magnitude=9)
-    encoded = tf.io.encode_png(_ramp_image(20, 24))
+    spec = views_lib.ViewSpec(augment=mode, image_size=24, num_views=2, blur=True,
+                              randaugment_layers=2, randaugment_magnitude=10)
+    encoded = tf.io.encode_png(_ramp_image(30, 36))
     views = _in_dataset(lambda e, s: views_lib.example_views(e, s, spec), encoded, SEED)
-    assert views.shape == (2, 16, 16, 3)
+    assert views.shape == (2, 24, 24, 3)
     assert float(tf.reduce_min(views)) >= 0.0 and float(tf.reduce_max(views)) <= 1.0
     assert not np.allclose(views[0].numpy(), views[1].numpy())

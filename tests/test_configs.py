@@ -13,28 +13,33 @@ from supcon_tf import data, models, optim, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+OPTIM_FIELDS = ["name", "base_lr", "momentum", "rho", "epsilon", "weight_decay",
+                "weight_decay_form", "decay_batch_norm", "warmup_epochs", "warmup_start_lr",
+                "schedule", "min_lr_ratio", "decay_epochs", "decay_every_epochs",
+                "decay_rate"]
 SCHEMA = {
     "": ["seed", "method"],
     "data": ["name", "data_dir", "train_split", "eval_split", "image_size", "num_views", "augment",
-             "crop_area_min", "color_strength", "hflip", "blur", "randaugment_layers",
-             "randaugment_magnitude", "shuffle_buffer"],
+             "crop_area_min", "color_strength", "color_jitter_style", "hflip", "blur",
+             "blur_probability", "randaugment_layers", "randaugment_magnitude", "shuffle_buffer"],
     "model": ["name", "width_multiplier", "cifar_stem", "sync_bn", "zero_init_last_bn",
-              "projection_dims", "projection_bn"],
-    "loss": ["temperature", "base_temperature", "variant", "contrast_mode", "block_size"],
-    "optim": ["name", "base_lr", "momentum", "weight_decay", "warmup_epochs", "schedule",
-              "decay_epochs", "decay_rate"],
+              "conv_init", "input_mean", "input_std", "normalize_embedding", "projection_dims",
+              "projection_bn", "projection_output_bias", "head_init", "classifier_init"],
+    "loss": ["temperature", "base_temperature", "variant", "contrast_mode", "denominator_mode",
+             "positives_cap", "block_size", "label_smoothing", "cross_entropy_views"],
+    "optim": OPTIM_FIELDS,
     "train": ["global_batch_size", "epochs", "steps_per_loop", "checkpoint_every_steps",
               "keep_checkpoints", "log_every_steps", "jit_compile", "mixed_precision"],
-    "linear": ["epochs", "global_batch_size", "optim"],
-    "linear.optim": ["name", "base_lr", "momentum", "weight_decay", "warmup_epochs", "schedule",
-                     "decay_epochs", "decay_rate"],
+    "linear": ["protocol", "bn_mode", "data", "epochs", "global_batch_size", "label_smoothing",
+               "optim"],
+    "linear.optim": OPTIM_FIELDS,
     "eval": ["batch_size"],
 }
 # Fields whose default is None in some config: typed placeholders, so main.py can set them.
 NONE_DEFAULT_OVERRIDES = {
     "data.data_dir": ("gs://bucket/tensorflow_datasets", "gs://bucket/tensorflow_datasets"),
     "loss.block_size": ("512", 512),
-    "loss.base_temperature": ("0.07", 0.07),
+    "loss.positives_cap": ("4", 4),
     "train.mixed_precision": ("mixed_float16", "mixed_float16"),
 }
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
@@ -80,6 +85,10 @@ def test_config_follows_schema_and_documents_itself(path):
     assert str(config.train.jit_compile).lower() in ("true", "false", "auto")
     # The input pipeline's own validation of every augmentation field.
     data.ViewSpec.from_data_config(config.data, jpeg=config.data.name == "imagenet2012")
+    data.ViewSpec.from_data_config(train.stage_two_data_config(config),
+                                   jpeg=config.data.name == "imagenet2012")
+    unknown = set(config.linear.data) - set(config.data)
+    assert not unknown, f"{name}: config.linear.data overrides unknown fields {unknown}"
     assert config.train.global_batch_size % 8 == 0 or config.data.name == "digits"
 
 
@@ -99,22 +108,6 @@ def test_none_defaults_can_be_overridden_on_the_command_line(path):
         assert section(config, field) == value and type(section(config, field)) is type(value)
 
 
-def test_paper_recipes():
-    """The numbers PAPER.md quotes from the official scripts."""
-    _, r50 = load(os.path.join(REPO, "configs", "imagenet_r50.py"))
-    assert (r50.train.global_batch_size, r50.data.augment, r50.optim.name) == (6144, "autoaugment", "lars")
-    assert (r50.optim.base_lr, r50.optim.weight_decay, r50.loss.temperature) == (0.4, 1e-3, 0.1)
-    assert (r50.train.epochs, r50.linear.epochs, r50.linear.optim.name) == (350, 90, "rmsprop")
-    _, r101 = load(os.path.join(REPO, "configs", "imagenet_r101.py"))
-    assert (r101.train.global_batch_size, r101.optim.base_lr, r101.optim.weight_decay) == (4096, 0.3, 1e-4)
-    _, r200 = load(os.path.join(REPO, "configs", "imagenet_r200.py"))
-    assert (r200.data.augment, r200.optim.base_lr, r200.train.epochs) == ("stacked_randaugment", 0.2, 700)
-    for dataset in ("cifar10", "cifar100"):
-        _, cifar = load(os.path.join(REPO, "configs", f"{dataset}_r50.py"))
-        assert cifar.model.cifar_stem and cifar.train.global_batch_size == 1024
-        assert (cifar.loss.temperature, cifar.train.epochs) == (0.1, 1000)
-
-
 def distinct_model_slices():
     seen = {}
     for path in CONFIG_FILES:
@@ -131,12 +124,13 @@ def test_model_and_optimizers_build(name, config):
     model = models.build_model(config.model, num_classes=NUM_CLASSES[config.data.name],
                                image_size=image_size)
     assert model.encoder.output_shape[-1] > 0
-    variables = model.trainable_variables
+    variables = train.trained_variables(model, config.method)
     optimizer = optim.build_optimizer(config.optim, variables,
                                       global_batch_size=config.train.global_batch_size,
-                                      steps_per_epoch=10, total_steps=10 * config.train.epochs)
+                                      steps_per_epoch=10, total_steps=10 * config.train.epochs,
+                                      batch_norm_variables=optim.batch_norm_variables(model))
     assert optimizer.iterations.numpy() == 0
-    head = models.linear_head(NUM_CLASSES[config.data.name])
+    head = models.linear_head(NUM_CLASSES[config.data.name], init=config.model.classifier_init)
     head.build((None, model.encoder.output_shape[-1]))
     optim.build_optimizer(config.linear.optim, head.trainable_variables,
                           global_batch_size=config.linear.global_batch_size,

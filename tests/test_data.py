@@ -23,8 +23,9 @@ def data_dir(tmp_path_factory):
 def _config(data_dir, **overrides):
     fields = dict(name="digits", data_dir=data_dir, train_split="train", eval_split="test",
                   image_size=16, num_views=2, augment="simaugment", crop_area_min=0.2,
-                  color_strength=0.5, hflip=True, blur=True, randaugment_layers=2,
-                  randaugment_magnitude=9, shuffle_buffer=64)
+                  color_strength=0.5, color_jitter_style="pytorch", hflip=True, blur=True,
+                  blur_probability=0.5, randaugment_layers=2, randaugment_magnitude=10,
+                  shuffle_buffer=64)
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
 
@@ -153,11 +154,51 @@ def test_unprepared_dataset_says_how_to_prepare(tmp_path, name, advice):
 
 @pytest.mark.parametrize("field,value", [("num_views", 0), ("augment", "mixup"),
                                          ("image_size", 4), ("crop_area_min", 0.0),
-                                         ("name", "mnist")])
+                                         ("name", "mnist"), ("color_jitter_style", "hsv"),
+                                         ("blur_probability", 1.5), ("blur_probability", -0.1)])
 def test_bad_config_names_the_field(data_dir, field, value):
     config = _config(data_dir, **{field: value})
     with pytest.raises(ValueError, match=f"config.data.{field}"):
         data.build_train_dataset(config, global_batch_size=4, seed=0)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(color_jitter_style="hsv"), "use one of tf, pytorch"),
+    (dict(blur_probability=2.0), r"config.data.blur_probability=2.0 must be in \[0, 1\]"),
+    (dict(color_jitter_style="tf", color_strength=1.5),
+     "config.data.color_strength=1.5 is too strong for config.data.color_jitter_style='tf'"),
+    (dict(color_jitter_style="pytorch", color_strength=3.0), "at most 2.5"),
+    (dict(augment="stacked_randaugment", randaugment_magnitude=11),
+     "config.data.randaugment_magnitude=11 must be in"),
+])
+def test_view_spec_checks_the_new_fields_with_clear_errors(data_dir, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        views_lib.ViewSpec.from_data_config(_config(data_dir, **overrides), jpeg=False)
+
+
+def test_view_spec_reads_the_new_fields_and_names_a_missing_one(data_dir):
+    spec = views_lib.ViewSpec.from_data_config(
+        _config(data_dir, augment="crop_flip", color_jitter_style="tf", blur_probability=0.25),
+        jpeg=True)
+    assert (spec.augment, spec.color_jitter_style, spec.blur_probability, spec.jpeg) == (
+        "crop_flip", "tf", 0.25, True)
+    # A strength the tf style refuses is fine where no jitter runs.
+    views_lib.ViewSpec.from_data_config(
+        _config(data_dir, augment="crop_flip", color_jitter_style="tf", color_strength=2.0),
+        jpeg=False)
+    config = _config(data_dir)
+    del config["blur_probability"]
+    with pytest.raises(ValueError, match="config.data.blur_probability is missing"):
+        views_lib.ViewSpec.from_data_config(config, jpeg=False)
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "stacked_randaugment"])
+def test_new_modes_through_the_digits_pipeline(data_dir, augment):
+    config = _config(data_dir, augment=augment, image_size=24, color_jitter_style="tf")
+    batch = _take(data.build_train_dataset(config, global_batch_size=4, seed=0), 1)[0]
+    assert batch["views"].shape == (4, 2, 24, 24, 3)
+    assert batch["views"].min() >= 0.0 and batch["views"].max() <= 1.0
+    assert not np.allclose(batch["views"][:, 0], batch["views"][:, 1])
 
 
 def _png_records(count):

@@ -102,10 +102,11 @@ def shared_export(tmp_path_factory):
         size = config.data.image_size
         images = np.random.default_rng(1).random((6, size, size, 3), dtype=np.float32)
         reference = {key: t.numpy() for key, t in model(images, training=False).items()}
-        reference["linear_logits"] = head(reference["embedding"]).numpy()
+        reference["linear_logits"] = head(model.head_input(reference["embedding"])).numpy()
         # Last, because training mode moves the model's BN statistics.
         reference_training = {k: t.numpy() for k, t in model(images, training=True).items()}
-        reference_training["linear_logits"] = head(reference_training["embedding"]).numpy()
+        reference_training["linear_logits"] = head(
+            model.head_input(reference_training["embedding"])).numpy()
         # In the order the encoder export lists its non-trainable variables.
         moving_stats = [v.numpy() for v in model.encoder.variables if not v.trainable]
         encoder_variable_counts = (

@@ -65,6 +65,9 @@ def per_replica(strategy, features, labels, kwargs):
         (3, True, dict(block_size=4)),
         # One view: replicas hold different numbers of anchors with a positive.
         (1, True, dict(base_temperature=0.07)),
+        # The cap keeps class 0's first samples in global order (0, 3, then 11).
+        (2, True, dict(denominator_mode="one_positive", positives_cap=2, block_size=4)),
+        (3, True, dict(denominator_mode="only_negatives", variant="in", positives_cap=3)),
     ],
 )
 def test_replicas_reproduce_one_device(strategy, num_views, supervised, kwargs):

@@ -129,7 +129,7 @@ def test_killed_and_preempted_run_ends_like_uninterrupted_run(tmp_path):
         # Life 2: SIGTERM once training is under way; a checkpoint must be saved first.
         second = Run(resumed_dir, str(tmp_path / "life2.log"))
         second.wait_until(lambda: f"ckpt-{killed_at}" in second.log()
-                          and "training steps" in second.log(), "resuming and training")
+                          and "stage one: steps" in second.log(), "resuming and training")
         second.process.send_signal(signal.SIGTERM)
         assert second.finish() == 143, second.log()[-3000:]
         preempted_at = latest_step(resumed_dir)
@@ -154,7 +154,7 @@ def test_killed_and_preempted_run_ends_like_uninterrupted_run(tmp_path):
     assert not differing, f"{len(differing)} of {len(expected)} tensors differ: {differing[:10]}"
 
     expected_metrics = logged_metrics(reference_dir, TOTAL_STEPS)
-    assert {"loss", "online_top1"} <= set(expected_metrics)
+    assert {"loss", "top1"} <= set(expected_metrics)
     actual_metrics = logged_metrics(resumed_dir, TOTAL_STEPS)
-    for tag in ("loss", "classifier_loss", "online_top1", "lr"):
+    for tag in ("loss", "classifier_loss", "top1", "lr"):
         assert actual_metrics[tag] == expected_metrics[tag], tag

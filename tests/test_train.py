@@ -233,3 +233,145 @@ def test_jit_compile_setting_accepts_command_line_strings(setting, expected):
 def test_jit_compile_setting_rejects_unknown_values():
     with pytest.raises(ValueError, match="train.jit_compile"):
         strategy_lib.resolve_jit_compile("sometimes", tf.distribute.get_strategy())
+
+
+# ---------------------------------------------------------------- cross-entropy forms
+
+
+def numpy_cross_entropy(labels, logits, smoothing):
+    """Eq.: mean over rows of -sum_c t_c log softmax(logits)_c, t = (1-s) onehot + s / C."""
+    logits = np.asarray(logits, np.float64)
+    log_probs = logits - logits.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    targets = np.eye(logits.shape[1])[labels] * (1 - smoothing) + smoothing / logits.shape[1]
+    return float(np.mean(-(targets * log_probs).sum(1)))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.05, 0.3])
+def test_cross_entropy_with_label_smoothing_matches_numpy(smoothing):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(12, 7)).astype(np.float32) * 3
+    labels = rng.integers(0, 7, 12)
+    actual = float(train.cross_entropy(tf.constant(labels, tf.int32), tf.constant(logits),
+                                       smoothing))
+    np.testing.assert_allclose(actual, numpy_cross_entropy(labels, logits, smoothing), rtol=1e-5)
+
+
+def test_select_views_keeps_view_one_of_each_sample():
+    rows = tf.reshape(tf.range(12), [6, 2])  # 3 samples x 2 views, sample-major
+    np.testing.assert_array_equal(train.select_views(rows, 2, "first").numpy(),
+                                  [[0, 1], [4, 5], [8, 9]])
+    assert train.select_views(rows, 2, "all").shape == (6, 2)
+
+
+def test_ce_on_the_first_view_ignores_the_second_views_logits():
+    """With BN in the batch, view 2 still moves the statistics, so compare the loss to
+    cross-entropy computed by hand on view 1's logits of the same forward pass."""
+    config = tiny_config("ce", global_batch_size=8)
+    config.loss.cross_entropy_views = "first"
+    config.loss.label_smoothing = 0.1
+    model, _, loop = stage_one(config, tf.distribute.get_strategy())
+    batch = next(synthetic_iterator(tf.distribute.get_strategy(), config))
+    images = tf.reshape(batch["views"], [-1] + batch["views"].shape[2:].as_list())
+    expected_logits = model.classifier(model.head_input(model.encoder(images, training=True)))
+    expected = numpy_cross_entropy(batch["label"].numpy(), expected_logits.numpy()[0::2], 0.1)
+    metrics = loop(iter([batch]), tf.constant(1))
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- stage two
+
+
+def stage_two(config, strategy, model, num_train_examples=1024):
+    head, optimizer, _, _ = train.build_stage_two(
+        config, strategy, model, num_classes=NUM_CLASSES, num_train_examples=num_train_examples)
+    step = train.make_stage_two_step(config, model, head, optimizer,
+                                     strategy.num_replicas_in_sync)
+    return head, optimizer, train.make_train_loop(strategy, step, False, train.STAGE_TWO_METRICS)
+
+
+def stage_two_iterator(config, strategy):
+    view_config = tiny_config()
+    view_config.train.global_batch_size = config.linear.global_batch_size
+    return synthetic_iterator(strategy, view_config)
+
+
+@pytest.mark.parametrize("bn_mode", ["batch_stats", "inference"])
+def test_stage_two_trains_only_the_classifier_and_freezes_bn_averages(bn_mode):
+    config = tiny_config("supcon")
+    config.linear.bn_mode = bn_mode
+    config.linear.global_batch_size = 16
+    strategy = tf.distribute.get_strategy()
+    model, _, _ = stage_one(config, strategy)
+    encoder_before = [v.numpy().copy() for v in model.encoder.variables]
+    head, optimizer, loop = stage_two(config, strategy, model)
+    head_before = [v.numpy().copy() for v in head.variables]
+    iterator = stage_two_iterator(config, strategy)
+    first = float(loop(iterator, tf.constant(1))["loss"])
+    loop(iterator, tf.constant(20))
+    last = float(loop(iterator, tf.constant(1))["loss"])
+    assert last < first
+    assert int(optimizer.iterations.numpy()) == 22
+    for before, variable in zip(encoder_before, model.encoder.variables):
+        np.testing.assert_array_equal(variable.numpy(), before, err_msg=variable.path)
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(head.variables, head_before))
+
+
+def test_frozen_embedding_uses_batch_statistics_without_updating_averages():
+    config = tiny_config("supcon")
+    model = train.build_stage_one(config, tf.distribute.get_strategy(), num_classes=NUM_CLASSES,
+                                  num_train_examples=1024)[0]
+    images = tf.random.stateless_uniform([16, 8, 8, 3], [1, 2])
+    model.encoder(images, training=True)  # moving averages away from their initial values
+    averages = [v.numpy().copy() for v in model.encoder.non_trainable_variables]
+    frozen = train.frozen_embedding(model.encoder, images, "batch_stats")
+    for before, variable in zip(averages, model.encoder.non_trainable_variables):
+        np.testing.assert_array_equal(variable.numpy(), before)
+    # The same forward pass in training mode (which would update them) gives the same output.
+    np.testing.assert_allclose(frozen, model.encoder(images, training=True), rtol=1e-5, atol=1e-6)
+    inference = train.frozen_embedding(model.encoder, images, "inference")
+    assert not np.allclose(inference, frozen)
+
+
+def test_stage_two_loss_reads_view_one_only():
+    """In inference mode the views do not interact, so changing view 2 cannot move the loss."""
+    config = tiny_config("supcon")
+    config.linear.bn_mode = "inference"
+    config.linear.global_batch_size = 8
+    strategy = tf.distribute.get_strategy()
+    model, _, _ = stage_one(config, strategy)
+    batch = next(stage_two_iterator(config, strategy))
+    changed = dict(batch, views=tf.concat([batch["views"][:, :1], 1 - batch["views"][:, 1:]], 1))
+    losses = []
+    for each in (batch, changed):  # build_stage_two seeds the head: both start equal
+        _, _, loop = stage_two(config, strategy, model)
+        losses.append(float(loop(iter([each]), tf.constant(1))["loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_stage_two_data_config_overrides_only_the_listed_fields():
+    config = load_config("cifar10_r50.py")
+    stage_two_data = train.stage_two_data_config(config)
+    assert stage_two_data.augment == "crop_flip" and stage_two_data.num_views == 1
+    assert stage_two_data.crop_area_min == config.data.crop_area_min == 0.2
+    assert config.data.augment == "simaugment" and config.data.num_views == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["augmented", "cached"])
+def test_run_trains_stage_two_and_re_evaluates_without_training(tmp_path, protocol):
+    config = tiny_config("supcon")
+    config.linear.protocol = protocol
+    results = train.run(config, str(tmp_path), tf.distribute.get_strategy())
+    assert results["linear_protocol"] == protocol
+    assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+    head_checkpoint = tf.train.latest_checkpoint(str(tmp_path / "linear"))
+    assert head_checkpoint is not None
+    names = tf.train.load_checkpoint(head_checkpoint).get_variable_to_shape_map()
+    assert any(name.startswith("head/") for name in names)
+    if protocol == "augmented":
+        assert any(name.startswith("optimizer/") for name in names)  # resumable
+        per_epoch = 1437 / config.linear.global_batch_size
+        assert head_checkpoint.endswith(f"ckpt-{int(config.linear.epochs * per_epoch)}")
+        again = train.run(tiny_config("supcon"), str(tmp_path), tf.distribute.get_strategy())
+        assert again["top1"] == results["top1"]  # the finished head, scored again

@@ -83,6 +83,11 @@ def test_global_batch_must_divide_over_replicas(tmp_path, field, batch, num_repl
     ("linear.optim.name", "lamb"),
     ("optim.schedule", "linear"),
     ("data.name", "mnist"),
+    ("loss.denominator_mode", "some"),
+    ("loss.cross_entropy_views", "second"),
+    ("linear.protocol", "cache"),
+    ("linear.bn_mode", "train"),
+    ("model.conv_init", "he"),
 ])
 def test_unknown_names(tmp_path, field, value):
     config = tiny_config()
@@ -92,7 +97,9 @@ def test_unknown_names(tmp_path, field, value):
     # The fix lists the valid names, including the one the tiny config uses.
     valid_example = {"model.name": "resnet18", "data.augment": "simaugment", "method": "supcon",
                      "optim.name": "sgd", "linear.optim.name": "sgd", "optim.schedule": "cosine",
-                     "data.name": "digits"}[field]
+                     "data.name": "digits", "loss.denominator_mode": "only_negatives",
+                     "loss.cross_entropy_views": "first", "linear.protocol": "augmented",
+                     "linear.bn_mode": "batch_stats", "model.conv_init": "fan_out_normal"}[field]
     assert valid_example in message
 
 
@@ -101,6 +108,32 @@ def test_temperature_must_be_positive(tmp_path, temperature):
     config = tiny_config()
     config.loss.temperature = temperature
     assert "config.loss.temperature" in error_for(config, workdir=str(tmp_path))
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("loss.positives_cap", 3, "multiple of config.data.num_views=2"),
+    ("loss.base_temperature", -1.0, "config.loss.base_temperature=-1.0 must be > 0"),
+    ("loss.block_size", 0, "config.loss.block_size=0"),
+    ("loss.label_smoothing", 1.0, "config.loss.label_smoothing=1.0"),
+    ("linear.label_smoothing", -0.1, "config.linear.label_smoothing=-0.1"),
+    ("model.input_std", (0.5, 0.0, 0.5), "config.model.input_std"),
+    ("optim.weight_decay_form", "decoupled_l2", "config.optim.weight_decay_form"),
+    ("linear.optim.weight_decay", -1e-4, "config.linear.optim.weight_decay"),
+])
+def test_field_values(tmp_path, field, value, expected):
+    config = tiny_config()
+    set_field(config, field, value)
+    assert expected in error_for(config, workdir=str(tmp_path))
+
+
+def test_stage_two_overrides_must_name_data_fields(tmp_path):
+    config = tiny_config()
+    config.linear.data.augmentation = "crop_flip"  # a typo of augment
+    assert "config.linear.data overrides augmentation" in error_for(config,
+                                                                   workdir=str(tmp_path))
+    config = tiny_config()
+    config.linear.data.num_views = 0
+    assert "stage two: config.data.num_views" in error_for(config, workdir=str(tmp_path))
 
 
 @pytest.mark.parametrize("model_name, cifar_stem, image_size, smallest", [

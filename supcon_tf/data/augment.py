@@ -5,12 +5,16 @@ from it, so the same seed gives the same output, eagerly or inside tf.data. Ther
 are two kinds:
 
 * geometry on one decoded image: crop windows and their resized crops, run per
-  example right after decoding (TF ops, since image sizes vary);
+  example right after decoding (TF ops, since image sizes vary), and the ImageNet
+  eval preprocessing;
 * photometry on a stack of images [n, H, W, 3] float32 (flips, colour jitter,
   grayscale, blur), with one set of random parameters per image. Each op works
   alone; view_photometry runs them all on the views of one example as one XLA
   program: the flip and the colour ops in one pass over the pixels, then a
   conditional per view that blurs it or not.
+
+They follow google-research supcon/preprocessing.py (the authors' TF code); where
+they differ from it for speed, the function's docstring says how.
 
 Keras 3's augmentation layers are not used: they draw from stateful seed
 generators, so a resumed run could not replay the same augmentations;
@@ -27,12 +31,20 @@ import math
 import numpy as np
 import tensorflow as tf
 
-# Gaussian blur: each kernel reaches 3 sigma on each side, at most BLUR_RADIUS pixels.
+# Gaussian blur: sigma uniform in BLUR_SIGMA_RANGE (pixels); each kernel reaches
+# ceil(3 sigma) taps on each side, at most BLUR_RADIUS, and at most the official
+# kernel's radius (official_blur_radius). Outside the image it reads BLUR_PAD_VALUE:
+# the official blur zero-pads images in [-1, 1], and 0 there is 0.5 in [0, 1].
 BLUR_SIGMA_RANGE = (0.1, 2.0)
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA_RANGE[1])
-# Reflect padding by BLUR_RADIUS needs a larger image.
-BLUR_MIN_SIZE = 2 * BLUR_RADIUS + 1
-ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
+BLUR_PAD_VALUE = 0.5
+# Training crops as the official _distorted_crop_window samples them.
+ASPECT_RATIO_RANGE = (0.75, 1.33)
+MIN_OBJECT_COVERED = 0.1
+# ImageNet eval: the shorter side resized to size + 32 (256 for 224; the official
+# crop_padding), then the centre.
+EVAL_CROP_PADDING = 32
+JITTER_STYLES = ("tf", "pytorch")
 
 # Colour-jitter ops, applied in a random order per image.
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
@@ -62,26 +74,35 @@ def split_seed(seed, num):
 
 
 def sample_crop_windows(image_shape, seed, *, num_views, area_range,
-                        aspect_ratio_range=ASPECT_RATIO_RANGE):
+                        aspect_ratio_range=ASPECT_RATIO_RANGE,
+                        min_object_covered=MIN_OBJECT_COVERED):
     """Random-resized-crop windows [num_views, 4] int32 (top, left, height, width).
 
-    Area is a fraction of the image in `area_range`, aspect ratio (w/h) in
-    `aspect_ratio_range`; after 100 failed attempts a window is the whole image.
+    As the official _distorted_crop_window: area a fraction of the image in
+    `area_range`, aspect ratio (w/h) in `aspect_ratio_range`, covering at least
+    `min_object_covered` of the image (0.1 raises ImageNet's 0.08 floor to 0.1),
+    100 attempts. A draw that returns the whole image (the sampler's answer when
+    every attempt fails) becomes the centred square of the shorter side.
     """
     image_shape = tf.cast(image_shape, tf.int32)
+    height, width = image_shape[0], image_shape[1]
+    side = tf.minimum(height, width)
+    center_square = tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
     seeds = split_seed(seed, num_views)
     windows = []
     for view in range(num_views):
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
             image_shape,
-            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            bounding_boxes=tf.zeros([1, 0, 4]),
             seed=seeds[view],
-            min_object_covered=0.0,
+            min_object_covered=min_object_covered,
             aspect_ratio_range=aspect_ratio_range,
             area_range=area_range,
             max_attempts=100,
             use_image_if_no_bounding_boxes=True)
-        windows.append(tf.concat([begin[:2], size[:2]], axis=0))
+        whole = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
+        window = tf.concat([begin[:2], size[:2]], axis=0)
+        windows.append(tf.where(whole, center_square, window))
     return tf.stack(windows)
 
 
@@ -137,20 +158,28 @@ def decode_jpeg_crop_views(encoded, seed, *, num_views, size, area_range):
     return resized_crops(image, relative, size)
 
 
-def center_crop_jpeg(encoded, *, size, crop_fraction=224.0 / 256.0):
-    """ImageNet eval preprocessing: a centred square of crop_fraction of the shorter side.
+def eval_resize_size(size):
+    """The shorter side before the eval centre crop: size + 32, 256 for 224."""
+    return size + EVAL_CROP_PADDING
 
-    Equals "resize the shorter side to 256, centre-crop 224" scaled to `size`,
-    but decodes only the crop. Returns float32 [size, size, 3] in [0, 1].
+
+def resize_then_center_crop(image, size):
+    """ImageNet eval preprocessing: uint8 [H, W, 3] -> float32 [size, size, 3] in [0, 1].
+
+    As the official RESIZE_THEN_CROP: the image is resized (bilinear) so that its
+    shorter side is eval_resize_size(size), each side truncated as
+    int(scale * side) in float32, then the centred size x size window is cut,
+    at offset (side - size + 1) // 2. The official code casts the resized image
+    to uint8 before cropping; here it stays float.
     """
-    shape = tf.image.extract_jpeg_shape(encoded)
-    height, width = shape[0], shape[1]
-    side = tf.cast(tf.round(crop_fraction * tf.cast(tf.minimum(height, width), tf.float32)),
-                   tf.int32)
-    side = tf.maximum(side, 1)
-    window = tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
-    image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-    return resize(image, size)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = float(eval_resize_size(size)) / tf.reduce_min(shape)
+    resized_shape = tf.cast(scale * shape, tf.int32)
+    resized = tf.image.resize(tf.cast(image, tf.float32), resized_shape)
+    top = (resized_shape[0] - size + 1) // 2
+    left = (resized_shape[1] - size + 1) // 2
+    crop = tf.slice(resized, tf.stack([top, left, 0]), [size, size, 3])
+    return tf.ensure_shape(crop / 255.0, [size, size, 3])
 
 
 def resize(image, size):
@@ -207,47 +236,71 @@ def _hue_rotation(delta):
     return tf.constant(_YIQ_TO_RGB)[None] @ rotation @ tf.constant(_RGB_TO_YIQ)[None]
 
 
-def color_jitter_transforms(mean_color, uniform, *, strength, probability=0.8):
+def color_jitter_transforms(mean_color, uniform, *, strength, style="tf", probability=0.8):
     """Per-image colour-jitter transforms [n, 4, 4], given each image's mean colour [n, 3].
 
     uniform [n, JITTER_DRAWS]: the image's draws from U[0, 1), which decide
     everything below.
 
-    SimCLR colour distortion of strength s: with `probability`, brightness,
-    contrast and saturation factors from [max(0, 1 - 0.8 s), 1 + 0.8 s] and a hue
-    shift from [-0.2 s, 0.2 s], composed in a random order per image. Brightness
-    scales, contrast blends with the mean gray level (of the image as it is at
-    that point of the order), saturation blends with the gray image (torchvision
-    semantics). Hue rotates the chroma plane of YIQ.
+    SimCLR colour distortion of strength s, as the official _jitter_colors: with
+    `probability`, four ops in a random order per image, with s' = 0.8 s:
 
-    All four are affine maps of the colour, so each image's jitter is one 4x4
-    matrix, applied in a single pass by apply_color_transform. This differs from
-    per-op code in two small ways, chosen for speed: hue is the YIQ rotation
-    rather than an HSV shift, and values are clipped to [0, 1] once at the end
-    rather than after each op.
+      style "tf" (tf.image.random_*, the official default):
+        brightness  adds a delta from [-s', s']
+        contrast    factor f from [1 - s', 1 + s']: x -> mean + f (x - mean), with
+                    each channel's own mean over the image
+        saturation  factor from [1 - s', 1 + s']
+        hue         shift from [-0.2 s, 0.2 s] of the circle
+      style "pytorch" (use_pytorch_color_jitter, torchvision semantics):
+        brightness  scales by a factor from [max(0, 1 - s'), 1 + s']
+        contrast    factor from the same range, blending with the mean gray level
+        saturation  factor from the same range, blending with the gray image
+        hue         shift from [-0.2 s, 0.2 s] of the circle
+
+    The means are those of the image as it is at that point of the order. All
+    four ops are affine maps of the colour here, so each image's jitter is one
+    4x4 matrix, applied in a single pass by apply_color_transform. For that
+    speed this differs from the official ops in three ways: hue rotates the
+    chroma plane of YIQ instead of shifting the HSV hue; "tf" saturation blends
+    with the gray (luma) image, as "pytorch" does, where tf.image scales the HSV
+    saturation (a blend with each pixel's largest channel, then clipped); and
+    values are clipped to [0, 1] once at the end instead of after each op, so a
+    contrast step also sees the values an earlier step pushed past 0 or 1.
     """
+    if style not in JITTER_STYLES:
+        raise ValueError(f"colour jitter style {style!r} is unknown; use one of "
+                         f"{', '.join(JITTER_STYLES)}")
     n = tf.shape(mean_color)[0]
     apply = uniform[:, 0] < probability
-    low, high = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
+    spread = 0.8 * strength
+    low = max(0.0, 1.0 - spread) if style == "pytorch" else 1.0 - spread
+    high = 1.0 + spread
     brightness, contrast, saturation = [low + (high - low) * uniform[:, 1 + op]
                                         for op in (_BRIGHTNESS, _CONTRAST, _SATURATION)]
-    hue_delta = 0.2 * strength * (2.0 * uniform[:, 4] - 1.0)
+    if style == "tf":  # an additive delta instead of a factor
+        brightness = spread * (2.0 * uniform[:, 1 + _BRIGHTNESS] - 1.0)
+    hue_delta = 0.2 * strength * (2.0 * uniform[:, 1 + _HUE] - 1.0)
     order = tf.argsort(uniform[:, 5:], axis=1)
 
     zero_bias = tf.zeros([n, 3])
     eye = tf.eye(3, batch_shape=[n])
-    brightness_map = _homogeneous(brightness[:, None, None] * eye, zero_bias)
+    if style == "pytorch":
+        brightness_map = _homogeneous(brightness[:, None, None] * eye, zero_bias)
+    else:
+        brightness_map = _homogeneous(eye, tf.tile(brightness[:, None], [1, 3]))
     saturation_map = _homogeneous(_blend_with_gray(saturation), zero_bias)
     hue_map = _homogeneous(_hue_rotation(hue_delta), zero_bias)
     mean_color = tf.concat([mean_color, tf.ones([n, 1])], axis=1)[:, :, None]   # [n, 4, 1]
     transform = _identities(n)
     for round_index in range(4):
-        # Contrast depends on the mean gray level after the ops before it.
+        # Contrast pivots on the mean after the ops before it.
         current_mean = (transform @ mean_color)[:, :3, 0]
-        mean_gray = tf.reduce_sum(current_mean * GRAY_WEIGHTS, axis=1)
-        contrast_map = _homogeneous(
-            contrast[:, None, None] * eye,
-            tf.tile(((1.0 - contrast) * mean_gray)[:, None], [1, 3]))
+        if style == "pytorch":
+            pivot = tf.tile(tf.reduce_sum(current_mean * GRAY_WEIGHTS, axis=1)[:, None], [1, 3])
+        else:
+            pivot = current_mean
+        contrast_map = _homogeneous(contrast[:, None, None] * eye,
+                                    (1.0 - contrast)[:, None] * pivot)
         candidates = tf.stack([brightness_map, contrast_map, saturation_map, hue_map], axis=1)
         step = tf.gather(candidates, order[:, round_index], batch_dims=1)
         step = tf.where(apply[:, None, None], step, _identities(n))
@@ -288,11 +341,11 @@ def mean_color(images):
     return tf.reduce_sum(tf.reshape(columns, [n, width, channels]), axis=1) / pixels
 
 
-def color_jitter(images, seed, *, strength, probability=0.8):
+def color_jitter(images, seed, *, strength, style="tf", probability=0.8):
     """Colour jitter (see color_jitter_transforms) of images [n, H, W, 3] in [0, 1]."""
     uniform = tf.random.stateless_uniform([tf.shape(images)[0], JITTER_DRAWS], seed)
     transforms = color_jitter_transforms(mean_color(images), uniform, strength=strength,
-                                         probability=probability)
+                                         style=style, probability=probability)
     return apply_color_transform(images, transforms)
 
 
@@ -303,9 +356,22 @@ def random_grayscale(images, seed, probability=0.2):
         grayscale_transforms(tf.random.stateless_uniform([tf.shape(images)[0]], seed), probability))
 
 
-def blur_radius(sigma):
-    """Taps on each side of the Gaussian kernel of each sigma [n]: ceil(3 sigma), at least 1."""
-    return tf.clip_by_value(tf.cast(tf.math.ceil(3.0 * sigma), tf.int32), 1, BLUR_RADIUS)
+def official_blur_radius(size):
+    """Taps on each side of the official kernel for images of side `size`: 11 at 224.
+
+    The official _gaussian_blur uses 2 * floor(floor(size / 10) / 2) + 1 taps.
+    """
+    return (size // 10) // 2
+
+
+def max_blur_radius(size):
+    """The widest kernel used here on images of side `size`: BLUR_RADIUS or the official one."""
+    return min(BLUR_RADIUS, official_blur_radius(size))
+
+
+def blur_radius(sigma, max_radius=BLUR_RADIUS):
+    """Taps on each side of the kernel of each sigma [n]: ceil(3 sigma), in [1, max_radius]."""
+    return tf.clip_by_value(tf.cast(tf.math.ceil(3.0 * sigma), tf.int32), 1, max_radius)
 
 
 def gaussian_kernel(sigma, radius):
@@ -328,63 +394,71 @@ def _weighted_shifts(rows, kernel, axis, length, stride, offset=0):
     return total
 
 
-def _pad_columns(images):
-    """images [n, H, W, C] -> [n, H, W + 2 * BLUR_RADIUS, C], mirrored at the left and right edges.
+def _pad_columns(images, pad):
+    """images [n, H, W, C] -> [n, H, W + 2 * pad, C], BLUR_PAD_VALUE at the left and right.
 
     The blur's horizontal pass reads these columns. Padding here, as the end of
     an elementwise XLA program, is cheap; the same padding or border code inside
     the horizontal pass would split its rows into short runs that do not vectorize.
+    A concatenation with constant columns, not tf.pad: XLA's constant pad made
+    the whole blurred view program 2.7x slower (0.89 against 0.33 core-ms a view).
     """
-    return tf.pad(images, [[0, 0], [0, 0], [BLUR_RADIUS, BLUR_RADIUS], [0, 0]], mode="REFLECT")
+    n, height, _, channels = images.shape
+    fill = tf.fill([n, height, pad, channels], BLUR_PAD_VALUE)
+    return tf.concat([fill, images, fill], axis=2)
 
 
 def _vertical_blur(rows, kernel):
-    """Blur along the height of rows [H, L], reflect padding at the top and bottom."""
+    """Blur along the height of rows [H, L], reading BLUR_PAD_VALUE above and below."""
     height = rows.shape[0]
     radius = (kernel.shape[0] - 1) // 2
     interior = _weighted_shifts(rows, kernel, 0, height - 2 * radius, 1)
-    # Each border strip of `radius` outputs needs 2 * radius inputs, mirrored outwards.
-    first = tf.pad(rows[:2 * radius], [[radius, 0], [0, 0]], mode="REFLECT")
-    last = tf.pad(rows[height - 2 * radius:], [[0, radius], [0, 0]], mode="REFLECT")
+    # Each border strip of `radius` outputs needs 2 * radius inputs and `radius`
+    # pad rows (concatenated, as in _pad_columns).
+    fill = tf.fill([radius, rows.shape[1]], BLUR_PAD_VALUE)
+    first = tf.concat([fill, rows[:2 * radius]], axis=0)
+    last = tf.concat([rows[height - 2 * radius:], fill], axis=0)
     borders = [_weighted_shifts(strip, kernel, 0, radius, 1) for strip in (first, last)]
     return tf.concat([borders[0], interior, borders[1]], axis=0)
 
 
-def _blur_rows(rows, sigma, radius, channels):
-    """One image as rows [H, (W + 2 * BLUR_RADIUS) * C] padded by _pad_columns -> rows [H, W * C].
+def _blur_rows(rows, sigma, radius, channels, pad):
+    """One image as rows [H, (W + 2 * pad) * C] padded by _pad_columns -> rows [H, W * C].
 
-    The kernel has `radius` taps on each side. Rows keep every pass a loop along
-    a whole row (the horizontal taps shift by C), which XLA vectorizes; a loop
-    whose innermost axis is the C channels does not.
+    The kernel has `radius` <= pad taps on each side. Rows keep every pass a
+    loop along a whole row (the horizontal taps shift by C), which XLA
+    vectorizes; a loop whose innermost axis is the C channels does not.
     """
     kernel = gaussian_kernel(sigma, radius)
-    width = rows.shape[1] // channels - 2 * BLUR_RADIUS
+    width = rows.shape[1] // channels - 2 * pad
     blurred = _weighted_shifts(_vertical_blur(rows, kernel), kernel, 1, width * channels,
-                               channels, offset=(BLUR_RADIUS - radius) * channels)
+                               channels, offset=(pad - radius) * channels)
     # The weights sum to 1 only up to rounding, which can push a white pixel past 1.
     return tf.clip_by_value(blurred, 0.0, 1.0)
 
 
-def _blur_some(padded, uniform, probability, sigma_range):
-    """Blurs each image of padded [n, H, W + 2 * BLUR_RADIUS, C] with `probability` -> [n, H, W*C].
+def _blur_some(images, uniform, probability, sigma_range):
+    """Blurs each image of [n, H, W, C] with `probability` -> [n, H, W * C].
 
     uniform [n, BLUR_DRAWS] decides which images and their sigma, uniform in
-    sigma_range; each kernel is cut at blur_radius(sigma) taps. Every image has
-    its own conditional over the radius, so an image left sharp costs one copy
-    and a small sigma few taps; n must be static.
+    sigma_range; each kernel is cut at blur_radius(sigma, max_blur_radius(H))
+    taps. Every image has its own conditional over the radius, so an image left
+    sharp costs one copy and a small sigma few taps; n, H and W must be static.
     """
-    n, height, padded_width, channels = padded.shape
-    width = padded_width - 2 * BLUR_RADIUS
+    n, height, width, channels = images.shape
+    pad = max_blur_radius(height)
+    if pad == 0:  # the official kernel has one tap: no blur
+        return tf.reshape(images, [n, height, width * channels])
     selected = uniform[:, 0] < probability
     sigma = sigma_range[0] + (sigma_range[1] - sigma_range[0]) * uniform[:, 1]
-    branch = tf.where(selected, blur_radius(sigma), 0)
-    rows = tf.reshape(padded, [n, height, padded_width * channels])
+    branch = tf.where(selected, blur_radius(sigma, pad), 0)
+    rows = tf.reshape(_pad_columns(images, pad), [n, height, (width + 2 * pad) * channels])
     out = []
     for i in range(n):
-        sharp = functools.partial(tf.slice, rows[i], [0, BLUR_RADIUS * channels],
+        sharp = functools.partial(tf.slice, rows[i], [0, pad * channels],
                                   [height, width * channels])
-        blurred = [functools.partial(_blur_rows, rows[i], sigma[i], radius, channels)
-                   for radius in range(1, BLUR_RADIUS + 1)]
+        blurred = [functools.partial(_blur_rows, rows[i], sigma[i], radius, channels, pad)
+                   for radius in range(1, pad + 1)]
         out.append(tf.switch_case(branch[i], [sharp] + blurred))
     return tf.stack(out)
 
@@ -392,14 +466,20 @@ def _blur_some(padded, uniform, probability, sigma_range):
 @functools.partial(tf.function, jit_compile=True)
 def _fused_blur(images, seed, probability, sigma_range):
     uniform = tf.random.stateless_uniform([images.shape[0], BLUR_DRAWS], seed)
-    return _blur_some(_pad_columns(images), uniform, probability, sigma_range)
+    return _blur_some(images, uniform, probability, sigma_range)
 
 
 def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_RANGE):
     """Blurs each image of [n, H, W, 3] with `probability`, sigma uniform in `sigma_range` (pixels).
 
-    n, H and W must be static, H and W at least BLUR_MIN_SIZE. Reflect padding;
-    each kernel is cut at blur_radius(sigma) taps on each side (3 sigma).
+    The official blur with two differences. Its kernel always has
+    official_blur_radius(H) taps on each side; here it is cut at ceil(3 sigma)
+    taps, at most BLUR_RADIUS (so at 224 px 1 to 6 taps instead of 11: the cut
+    tails hold at most 0.1% of the kernel's weight, and a blurred pixel in
+    [0, 1] moves by at most 0.004, one uint8 level). And it draws one sigma for
+    the whole batch of a core; here each image draws its own. Outside the image
+    the kernel reads BLUR_PAD_VALUE, as the official zero padding of [-1, 1]
+    images does. n, H and W must be static.
     """
     rows = _fused_blur(images, seed, tf.constant(probability, tf.float32),
                        tf.constant(sigma_range, tf.float32))
@@ -407,8 +487,8 @@ def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_R
     return tf.reshape(rows, tf.shape(images))
 
 
-def _photometry(views, mean_color, seed, *, value_range, hflip, color_strength, grayscale,
-                blur_sigma_range):
+def _photometry(views, mean_color, seed, *, value_range, hflip, color_strength,
+                color_jitter_style, grayscale, blur_probability, blur_sigma_range):
     n = views.shape[0]
     uniform = tf.random.stateless_uniform([n, PHOTOMETRY_DRAWS], seed)
     if hflip:
@@ -418,26 +498,30 @@ def _photometry(views, mean_color, seed, *, value_range, hflip, color_strength, 
     transforms = tf.linalg.diag(tf.tile(scale[None], [n, 1]))
     if color_strength is not None:
         transforms = color_jitter_transforms(mean_color, uniform[:, JITTER_COLUMNS],
-                                             strength=color_strength) @ transforms
+                                             strength=color_strength,
+                                             style=color_jitter_style) @ transforms
     if grayscale:
         transforms = grayscale_transforms(uniform[:, GRAY_COLUMN]) @ transforms
     views = apply_color_transform(views, transforms)
     if blur_sigma_range is None:
         return views
-    return _blur_some(_pad_columns(views), uniform[:, BLUR_COLUMNS], 0.5, blur_sigma_range)
+    return _blur_some(views, uniform[:, BLUR_COLUMNS], blur_probability, blur_sigma_range)
 
 
 _fused_photometry = tf.function(_photometry, jit_compile=True)
 
 
 def view_photometry(views, seed, *, value_range=255.0, hflip=True, color_strength=1.0,
-                    grayscale=True, blur=False, blur_sigma_range=BLUR_SIGMA_RANGE):
+                    color_jitter_style="tf", grayscale=True, blur=False, blur_probability=0.5,
+                    blur_sigma_range=BLUR_SIGMA_RANGE):
     """SimAugment's per-view ops on the views of one example [V, H, W, 3], as one XLA program.
 
-    In order: mirror left-right with p = 0.5 (if hflip), colour jitter of
-    strength color_strength with p = 0.8 (None: no jitter), grayscale with
-    p = 0.2 (if grayscale), Gaussian blur with p = 0.5 (if blur). Inputs are in
-    [0, value_range] (255 for the output of the crops); outputs are float32 in
+    In order, as the official _simclr_augment after the flip: mirror left-right
+    with p = 0.5 (if hflip), colour jitter of strength color_strength and style
+    color_jitter_style with p = 0.8 (None: no jitter; color_jitter_transforms),
+    grayscale with p = 0.2 (if grayscale), Gaussian blur with p =
+    blur_probability (if blur; random_gaussian_blur). Inputs are in [0,
+    value_range] (255 for the output of the crops); outputs are float32 in
     [0, 1], each view with its own random parameters. V, H and W must be static.
 
     It runs per example: the views are small enough to stay in cache between
@@ -448,7 +532,8 @@ def view_photometry(views, seed, *, value_range=255.0, hflip=True, color_strengt
     if color_strength is not None:
         mean = mean_color(views) / value_range  # outside XLA, where this reduction is faster
     out = _fused_photometry(views, mean, seed, value_range=float(value_range), hflip=hflip,
-                            color_strength=color_strength, grayscale=grayscale,
+                            color_strength=color_strength, color_jitter_style=color_jitter_style,
+                            grayscale=grayscale, blur_probability=float(blur_probability),
                             blur_sigma_range=tuple(blur_sigma_range) if blur else None)
     return tf.reshape(out, tf.shape(views))
 

@@ -16,9 +16,16 @@ import tensorflow as tf
 
 from supcon_tf.data import augment
 
-AUGMENTATIONS = ("simaugment", "autoaugment", "randaugment", "stacked_randaugment", "none")
+AUGMENTATIONS = ("simaugment", "autoaugment", "randaugment", "stacked_randaugment",
+                 "crop_flip", "none")
+COLOR_JITTER_STYLES = augment.JITTER_STYLES
 # Smaller views keep too little of an image to learn from (digits, the smallest, are 8 x 8).
 MIN_IMAGE_SIZE = 8
+# The modes that jitter colours, and the largest strength each style accepts: the
+# official jitter raises beyond them (tf: contrast and saturation factors 1 - 0.8 s
+# must stay >= 0; both: the hue shift 0.2 s must stay <= 0.5).
+_JITTER_MODES = ("simaugment", "stacked_randaugment")
+_MAX_COLOR_STRENGTH = {"tf": 1.25, "pytorch": 2.5}
 
 # Seeds split from the augmentation stage's seed.
 _PHOTOMETRY, _POLICY, _FINISH = range(3)
@@ -29,7 +36,8 @@ class ViewSpec:
     """What crop_views and augment_views do; from_data_config checks every field.
 
     jpeg: records are JPEG photos (ImageNet): crops decode only what they need,
-    and eval takes the centre 224/256 crop. Otherwise images are used whole.
+    and eval resizes the shorter side to 256 (for 224) and takes the centre.
+    Otherwise images are used whole.
     """
 
     augment: str
@@ -37,10 +45,12 @@ class ViewSpec:
     num_views: int
     crop_area_min: float = 0.08
     color_strength: float = 1.0
+    color_jitter_style: str = "tf"
     hflip: bool = True
     blur: bool = False
+    blur_probability: float = 0.5
     randaugment_layers: int = 2
-    randaugment_magnitude: int = 9
+    randaugment_magnitude: int = 10
     jpeg: bool = False
 
     def __post_init__(self):
@@ -53,32 +63,50 @@ class ViewSpec:
         if self.image_size < MIN_IMAGE_SIZE:
             raise ValueError(f"config.data.image_size={self.image_size} is too small for the "
                              f"random crops; set it to at least {MIN_IMAGE_SIZE}")
-        if self.blur and self.image_size < augment.BLUR_MIN_SIZE:
-            raise ValueError(f"config.data.image_size={self.image_size} is too small for the "
-                             f"Gaussian blur; set it to at least {augment.BLUR_MIN_SIZE} or set "
-                             "config.data.blur=False")
         if not 0.0 < self.crop_area_min <= 1.0:
             raise ValueError(f"config.data.crop_area_min={self.crop_area_min} must be in (0, 1] "
                              "(0.08 for ImageNet, 0.2 for CIFAR)")
+        if self.color_jitter_style not in COLOR_JITTER_STYLES:
+            raise ValueError(f"config.data.color_jitter_style={self.color_jitter_style!r} is "
+                             f"unknown; use one of {', '.join(COLOR_JITTER_STYLES)}")
         if self.color_strength < 0:
             raise ValueError(f"config.data.color_strength={self.color_strength} must be >= 0")
-        if self.augment in ("randaugment", "stacked_randaugment") and (
-                self.randaugment_layers < 0 or self.randaugment_magnitude < 0):
-            raise ValueError("config.data.randaugment_layers and randaugment_magnitude must be "
-                             f">= 0, got {self.randaugment_layers}, {self.randaugment_magnitude}")
+        limit = _MAX_COLOR_STRENGTH[self.color_jitter_style]
+        if self.augment in _JITTER_MODES and self.color_strength > limit:
+            raise ValueError(
+                f"config.data.color_strength={self.color_strength} is too strong for "
+                f"config.data.color_jitter_style={self.color_jitter_style!r}: at most {limit}")
+        if not 0.0 <= self.blur_probability <= 1.0:
+            raise ValueError(f"config.data.blur_probability={self.blur_probability} must be in "
+                             "[0, 1] (the paper uses 0.5)")
+        if self.augment in ("randaugment", "stacked_randaugment"):
+            if self.randaugment_layers < 0:
+                raise ValueError(f"config.data.randaugment_layers={self.randaugment_layers} "
+                                 "must be >= 0 (the official recipe uses 2)")
+            if not 0 <= self.randaugment_magnitude <= 10:
+                raise ValueError(f"config.data.randaugment_magnitude="
+                                 f"{self.randaugment_magnitude} must be in [0, 10] (the "
+                                 "official recipe uses 10)")
 
     @classmethod
     def from_data_config(cls, data_config, *, jpeg):
+        def field(name):
+            if name not in data_config:
+                raise ValueError(f"config.data.{name} is missing; every config sets it")
+            return data_config[name]
+
         return cls(
-            augment=data_config.augment,
-            image_size=int(data_config.image_size),
-            num_views=data_config.num_views,
-            crop_area_min=float(data_config.crop_area_min),
-            color_strength=float(data_config.color_strength),
-            hflip=bool(data_config.hflip),
-            blur=bool(data_config.blur),
-            randaugment_layers=int(data_config.randaugment_layers),
-            randaugment_magnitude=int(data_config.randaugment_magnitude),
+            augment=field("augment"),
+            image_size=int(field("image_size")),
+            num_views=field("num_views"),
+            crop_area_min=float(field("crop_area_min")),
+            color_strength=float(field("color_strength")),
+            color_jitter_style=field("color_jitter_style"),
+            hflip=bool(field("hflip")),
+            blur=bool(field("blur")),
+            blur_probability=float(field("blur_probability")),
+            randaugment_layers=int(field("randaugment_layers")),
+            randaugment_magnitude=int(field("randaugment_magnitude")),
             jpeg=jpeg)
 
 
@@ -90,11 +118,13 @@ def decode_image(encoded):
 def eval_image(encoded, spec):
     """Standard eval preprocessing -> float32 [S, S, 3] in [0, 1].
 
-    JPEG photos (ImageNet): centre 224/256 crop resized to S. Others: the whole
-    image, resized to S only if it is not S x S already.
+    JPEG photos (ImageNet): the shorter side resized to 256 (for S = 224,
+    S + 32 otherwise), then the centre S x S. Others: the whole image,
+    resized to S only if it is not S x S already.
     """
     if spec.jpeg:
-        return augment.center_crop_jpeg(encoded, size=spec.image_size)
+        image = tf.io.decode_jpeg(encoded, channels=3)
+        return augment.resize_then_center_crop(image, spec.image_size)
     return augment.resize(decode_image(encoded), spec.image_size)
 
 
@@ -108,10 +138,10 @@ def _crop_views(encoded, seed, spec):
 
 
 def _policy(spec):
-    from supcon_tf.data import policies  # written separately; only these modes need it
+    from supcon_tf.data import policies  # only these modes need it
 
     if spec.augment == "autoaugment":
-        return policies.autoaugment_imagenet
+        return policies.autoaugment
     return lambda image, seed: policies.randaugment(
         image, seed, spec.randaugment_layers, spec.randaugment_magnitude)
 
@@ -133,25 +163,34 @@ def crop_views(encoded, seed, spec):
 def augment_views(views, seed, spec):
     """The second stage: crop_views' output and a seed int32 [2] -> float32 [V, S, S, 3] in [0, 1].
 
-    simaugment flips, jitters, grays and blurs the views (augment.view_photometry);
-    autoaugment and randaugment flip them and run their op policy per view;
-    stacked_randaugment flips and jitters them, runs RandAugment, then grays and
-    blurs them; "none" leaves them as they are.
+    After the crop, as the official recipes run (all flip first, if hflip):
+      simaugment           colour jitter p 0.8, grayscale p 0.2, blur (if blur)
+      crop_flip            nothing more (SupContrast's linear-eval and CE pipeline)
+      autoaugment          AutoAugment v0 (no blur, whatever config.data.blur says)
+      randaugment          RandAugment(randaugment_layers, randaugment_magnitude)
+      stacked_randaugment  colour jitter p 0.8, RandAugment, grayscale p 0.2, blur (if blur)
+      none                 the eval image, unchanged
     """
     if spec.augment == "none":
         return views
     seeds = augment.split_seed(seed, 3)
+    jitter = dict(color_strength=spec.color_strength, color_jitter_style=spec.color_jitter_style)
+    blur = dict(blur=spec.blur, blur_probability=spec.blur_probability)
     if spec.augment == "simaugment":
+        return augment.view_photometry(views, seeds[_PHOTOMETRY], hflip=spec.hflip, **jitter,
+                                       **blur)
+    if spec.augment == "crop_flip":
         return augment.view_photometry(views, seeds[_PHOTOMETRY], hflip=spec.hflip,
-                                       color_strength=spec.color_strength, blur=spec.blur)
+                                       color_strength=None, grayscale=False)
     stacked = spec.augment == "stacked_randaugment"
-    views = augment.view_photometry(views, seeds[_PHOTOMETRY], hflip=spec.hflip,
-                                    color_strength=spec.color_strength if stacked else None,
+    if not stacked:
+        jitter = dict(color_strength=None)
+    views = augment.view_photometry(views, seeds[_PHOTOMETRY], hflip=spec.hflip, **jitter,
                                     grayscale=False)
     views = augment.apply_policy(views, seeds[_POLICY], _policy(spec))
     if stacked:
         views = augment.view_photometry(views, seeds[_FINISH], value_range=1.0, hflip=False,
-                                        color_strength=None, blur=spec.blur)
+                                        color_strength=None, **blur)
     return tf.ensure_shape(views, [spec.num_views, spec.image_size, spec.image_size, 3])
 
 

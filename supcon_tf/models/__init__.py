@@ -1,26 +1,37 @@
 """Encoders (ResNet v1 18..200, ViT) and the ContrastiveModel that wraps them.
 
     encoder(name, *, image_size, ...)   images [N, H, W, 3] in [0, 1] -> r [N, De]
-    ContrastiveModel(encoder, projection_dims, num_classes=..., projection_bn=False)
-    linear_head(num_classes)            stage-two classifier
+    ContrastiveModel(encoder, projection_dims, num_classes=..., ...)
+    linear_head(num_classes, init=...)  stage-two classifier; feed it model.head_input(r)
     build_model(config.model, *, num_classes, image_size)
+    describe_model(model)               architecture summary dict
 """
 
-from supcon_tf.models.contrastive import ContrastiveModel
-from supcon_tf.models.heads import linear_head, projection_head
-from supcon_tf.models.resnet import RESNET_DEPTHS, build_resnet
+from supcon_tf.models.contrastive import ContrastiveModel, describe_model
+from supcon_tf.models.heads import CLASSIFIER_INITS, HEAD_INITS, linear_head, projection_head
+from supcon_tf.models.resnet import (
+    CONV_INITS,
+    DEFAULT_INPUT_MEAN,
+    DEFAULT_INPUT_STD,
+    RESNET_DEPTHS,
+    build_resnet,
+)
 from supcon_tf.models.vit import VIT_CONFIGS, build_vit
 
 ENCODER_NAMES = tuple(f"resnet{depth}" for depth in RESNET_DEPTHS) + tuple(VIT_CONFIGS)
 
 
 def encoder(name, *, image_size, cifar_stem=False, width_multiplier=1.0, sync_bn=False,
-            zero_init_last_bn=True):
+            zero_init_last_bn=True, conv_init="fan_in_truncated_normal",
+            input_mean=DEFAULT_INPUT_MEAN, input_std=DEFAULT_INPUT_STD):
     """The encoder `name` as a keras.Model: float32 images [N, H, W, 3] in [0, 1] -> r [N, De].
 
-    Input normalization happens inside. ResNets honour every argument; ViTs have
-    no batch norm and a fixed width, so they reject cifar_stem=True and
-    width_multiplier != 1 rather than ignore them.
+    Input normalization, (x - input_mean) / input_std, happens inside; the default
+    maps [0, 1] to [-1, 1] (GR ImageNet, and the original ViT). ResNets honour
+    every argument. ViTs have no batch norm, residual-branch BN or ResNet convs, so
+    they ignore sync_bn, zero_init_last_bn and conv_init; they have a fixed width
+    and stem, so they reject cifar_stem=True and width_multiplier != 1 rather than
+    ignore them.
     """
     if name not in ENCODER_NAMES:
         raise ValueError(
@@ -33,7 +44,7 @@ def encoder(name, *, image_size, cifar_stem=False, width_multiplier=1.0, sync_bn
             raise ValueError(
                 f"model.width_multiplier must be 1.0 for {name}; got {width_multiplier}."
             )
-        return build_vit(name, image_size=image_size)
+        return build_vit(name, image_size=image_size, input_mean=input_mean, input_std=input_std)
     return build_resnet(
         int(name[len("resnet"):]),
         image_size=image_size,
@@ -41,11 +52,14 @@ def encoder(name, *, image_size, cifar_stem=False, width_multiplier=1.0, sync_bn
         width_multiplier=width_multiplier,
         sync_bn=sync_bn,
         zero_init_last_bn=zero_init_last_bn,
+        conv_init=conv_init,
+        input_mean=input_mean,
+        input_std=input_std,
     )
 
 
 def build_model(model_config, *, num_classes, image_size):
-    """ContrastiveModel from a config.model slice (fields as in the team contract)."""
+    """ContrastiveModel from a config.model slice (fields as in plan/SCHEMA.md)."""
     return ContrastiveModel(
         encoder(
             model_config.name,
@@ -54,18 +68,30 @@ def build_model(model_config, *, num_classes, image_size):
             width_multiplier=model_config.width_multiplier,
             sync_bn=model_config.sync_bn,
             zero_init_last_bn=model_config.zero_init_last_bn,
+            conv_init=model_config.conv_init,
+            input_mean=tuple(model_config.input_mean),
+            input_std=tuple(model_config.input_std),
         ),
         projection_dims=tuple(model_config.projection_dims),
         num_classes=num_classes,
         projection_bn=model_config.projection_bn,
+        projection_output_bias=model_config.projection_output_bias,
+        head_init=model_config.head_init,
+        normalize_embedding=model_config.normalize_embedding,
+        classifier_init=model_config.classifier_init,
+        sync_bn=model_config.sync_bn,
         name="contrastive_model",
     )
 
 
 __all__ = [
+    "CLASSIFIER_INITS",
+    "CONV_INITS",
     "ENCODER_NAMES",
+    "HEAD_INITS",
     "ContrastiveModel",
     "build_model",
+    "describe_model",
     "encoder",
     "linear_head",
     "projection_head",

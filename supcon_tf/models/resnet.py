@@ -1,13 +1,23 @@
 """ResNet v1 encoders (18 to 200 layers), channels-last, functional Keras 3.
 
-Post-activation ResNet as in He et al. (2016): bias-free convolutions, batch
-norm after every convolution, basic blocks for 18/34 layers and bottleneck
-blocks from 50 up. As in the original v1 (and keras.applications), a bottleneck
-block downsamples in its first 1x1 convolution. The later "v1.5" placement on
-the 3x3 convolution has the same parameters but ~6% more FLOPs, and its strided
-3x3 backward pass ran ~1.2x slower under XLA on the CPU (benchmarks/model_bench.py).
-Strided convolutions wider than 1x1 pad explicitly and symmetrically, so the
-output does not depend on the parity of the input size.
+Post-activation ResNet as the official SupCon codes build it (google-research
+supcon/blocks.py and resnet.py; HobbitLong/SupContrast networks/resnet_big.py):
+bias-free convolutions, batch norm after every convolution, basic blocks for
+18/34 layers and bottleneck blocks from 50 up. A bottleneck block downsamples in
+its 3x3 convolution (both official codes), not in its first 1x1 convolution as
+the original v1 and keras.applications do; the parameters are the same.
+
+A strided convolution wider than 1x1 pads (k - 1) // 2 before and the rest
+after, then convolves VALID (GR's Conv2DFixedPadding), so the output grid does
+not depend on the parity of the input size; unstrided convolutions use SAME.
+
+Two initializations, one per official code (`conv_init`):
+- "fan_in_truncated_normal": TF1 tf.compat.v1.variance_scaling_initializer()
+  defaults (GR): scale 1, fan_in, normal truncated at 2 std with the std divided
+  by 0.8796..., so the kept values have variance 1 / fan_in. Keras 3's
+  VarianceScaling applies the same correction.
+- "fan_out_normal": torch kaiming_normal_(mode="fan_out", nonlinearity="relu")
+  (SupContrast): untruncated normal with std sqrt(2 / fan_out), fan_out = k*k*out.
 """
 
 import keras
@@ -24,19 +34,39 @@ RESNET_DEPTHS = {
 }
 
 BOTTLENECK_EXPANSION = 4
-# Batch-norm settings of the TPU ResNet reference.
+# Batch-norm settings of both official codes (GR blocks.py; torch defaults).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+CONV_INITS = ("fan_in_truncated_normal", "fan_out_normal")
+# [0, 1] -> [-1, 1], GR's ImageNet input range.
+DEFAULT_INPUT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_INPUT_STD = (0.5, 0.5, 0.5)
 
 
-def _conv_initializer():
+def conv_initializer(conv_init):
+    """A fresh Keras initializer for conv kernels; see the module docstring for the names."""
     # A fresh instance per layer: an unseeded Keras initializer fixes its seed when
     # constructed, so a shared one would give equal-shaped kernels equal values.
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="truncated_normal"
-    )
+    if conv_init == "fan_in_truncated_normal":
+        return keras.initializers.VarianceScaling(
+            scale=1.0, mode="fan_in", distribution="truncated_normal"
+        )
+    if conv_init == "fan_out_normal":
+        return keras.initializers.VarianceScaling(
+            scale=2.0, mode="fan_out", distribution="untruncated_normal"
+        )
+    raise ValueError(f"model.conv_init must be one of {CONV_INITS}; got {conv_init!r}.")
+
+
+def check_mean_std(mean, std):
+    """(mean, std) as float 3-tuples; raises ValueError unless 3 values each and std > 0."""
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
+        raise ValueError(
+            "model.input_mean and model.input_std must hold 3 values each (RGB, in [0, 1] "
+            f"pixel units), std > 0; got mean {mean}, std {std}."
+        )
+    return mean, std
 
 
 class ChannelStandardization(keras.layers.Layer):
@@ -44,8 +74,7 @@ class ChannelStandardization(keras.layers.Layer):
 
     def __init__(self, mean, std, **kwargs):
         super().__init__(**kwargs)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = check_mean_std(mean, std)
 
     def call(self, images):
         mean = ops.convert_to_tensor(self.mean, dtype=images.dtype)
@@ -56,10 +85,11 @@ class ChannelStandardization(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
-def _conv(x, filters, kernel_size, stride, name):
+def _conv(x, filters, kernel_size, stride, name, *, conv_init):
     if stride > 1 and kernel_size > 1:
-        # Symmetric padding; "same" would pad (0, 1) on even inputs.
-        x = keras.layers.ZeroPadding2D((kernel_size - 1) // 2, name=f"{name}_pad")(x)
+        begin = (kernel_size - 1) // 2
+        end = kernel_size - 1 - begin
+        x = keras.layers.ZeroPadding2D(((begin, end), (begin, end)), name=f"{name}_pad")(x)
         padding = "valid"
     else:
         padding = "same"  # adds no padding to 1x1 kernels, whatever the stride
@@ -69,7 +99,7 @@ def _conv(x, filters, kernel_size, stride, name):
         strides=stride,
         padding=padding,
         use_bias=False,
-        kernel_initializer=_conv_initializer(),
+        kernel_initializer=conv_initializer(conv_init),
         name=name,
     )(x)
 
@@ -84,39 +114,36 @@ def _batch_norm(x, name, *, sync_bn, zero_gamma=False):
     )(x)
 
 
-def _conv_bn(x, filters, kernel_size, stride, name, *, sync_bn, relu=True, zero_gamma=False):
-    x = _conv(x, filters, kernel_size, stride, f"{name}_conv")
-    x = _batch_norm(x, f"{name}_bn", sync_bn=sync_bn, zero_gamma=zero_gamma)
+def _conv_bn(x, filters, kernel_size, stride, name, *, options, relu=True, zero_gamma=False):
+    x = _conv(x, filters, kernel_size, stride, f"{name}_conv", conv_init=options["conv_init"])
+    x = _batch_norm(x, f"{name}_bn", sync_bn=options["sync_bn"], zero_gamma=zero_gamma)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
 
 
-def _shortcut(x, out_channels, stride, name, *, sync_bn):
+def _shortcut(x, out_channels, stride, name, *, options):
     if stride == 1 and x.shape[-1] == out_channels:
         return x
-    return _conv_bn(x, out_channels, 1, stride, f"{name}_proj", sync_bn=sync_bn, relu=False)
+    return _conv_bn(x, out_channels, 1, stride, f"{name}_proj", options=options, relu=False)
 
 
-def _basic_block(x, filters, stride, name, *, sync_bn, zero_init_last_bn):
-    shortcut = _shortcut(x, filters, stride, name, sync_bn=sync_bn)
-    x = _conv_bn(x, filters, 3, stride, f"{name}_1", sync_bn=sync_bn)
-    x = _conv_bn(
-        x, filters, 3, 1, f"{name}_2", sync_bn=sync_bn, relu=False, zero_gamma=zero_init_last_bn
-    )
+def _basic_block(x, filters, stride, name, *, options):
+    shortcut = _shortcut(x, filters, stride, name, options=options)
+    x = _conv_bn(x, filters, 3, stride, f"{name}_1", options=options)
+    x = _conv_bn(x, filters, 3, 1, f"{name}_2", options=options, relu=False,
+                 zero_gamma=options["zero_init_last_bn"])
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
-def _bottleneck_block(x, filters, stride, name, *, sync_bn, zero_init_last_bn):
+def _bottleneck_block(x, filters, stride, name, *, options):
     out_channels = filters * BOTTLENECK_EXPANSION
-    shortcut = _shortcut(x, out_channels, stride, name, sync_bn=sync_bn)
-    x = _conv_bn(x, filters, 1, stride, f"{name}_1", sync_bn=sync_bn)
-    x = _conv_bn(x, filters, 3, 1, f"{name}_2", sync_bn=sync_bn)
-    x = _conv_bn(
-        x, out_channels, 1, 1, f"{name}_3", sync_bn=sync_bn, relu=False,
-        zero_gamma=zero_init_last_bn,
-    )
+    shortcut = _shortcut(x, out_channels, stride, name, options=options)
+    x = _conv_bn(x, filters, 1, 1, f"{name}_1", options=options)
+    x = _conv_bn(x, filters, 3, stride, f"{name}_2", options=options)
+    x = _conv_bn(x, out_channels, 1, 1, f"{name}_3", options=options, relu=False,
+                 zero_gamma=options["zero_init_last_bn"])
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
@@ -127,18 +154,23 @@ def min_image_size(cifar_stem):
 
 
 def build_resnet(depth, *, image_size, cifar_stem=False, width_multiplier=1.0, sync_bn=False,
-           zero_init_last_bn=True, name=None):
+                 zero_init_last_bn=True, conv_init="fan_in_truncated_normal",
+                 input_mean=DEFAULT_INPUT_MEAN, input_std=DEFAULT_INPUT_STD, name=None):
     """ResNet-`depth` encoder: float32 images [N, H, W, 3] in [0, 1] -> pooled r [N, De].
 
     De is 512 * width_multiplier for 18/34 layers and 2048 * width_multiplier above.
-    cifar_stem replaces the 7x7 stride-2 convolution and max-pool with one 3x3
-    stride-1 convolution. zero_init_last_bn starts each block's last BN gamma at
-    zero, so every residual block begins as the identity.
+    The images are first standardized to (x - input_mean) / input_std. cifar_stem
+    replaces the 7x7 stride-2 convolution and max-pool with one 3x3 stride-1
+    convolution. zero_init_last_bn starts each block's last BN gamma at zero (GR),
+    so every residual block begins as the identity; False starts it at 1
+    (SupContrast). The returned model carries `conv_init` and `zero_init_last_bn`
+    as attributes, for describe_model.
     """
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNET_DEPTHS)}; got {depth}.")
     if not width_multiplier > 0:
         raise ValueError(f"model.width_multiplier must be > 0; got {width_multiplier}.")
+    conv_initializer(conv_init)  # validates the name before any layer is built
     smallest = min_image_size(cifar_stem)
     if image_size < smallest:
         raise ValueError(
@@ -147,28 +179,28 @@ def build_resnet(depth, *, image_size, cifar_stem=False, width_multiplier=1.0, s
         )
     kind, stage_blocks = RESNET_DEPTHS[depth]
     block_fn = _basic_block if kind == "basic" else _bottleneck_block
+    options = {"sync_bn": sync_bn, "conv_init": conv_init, "zero_init_last_bn": zero_init_last_bn}
 
     def width(channels):
         return max(1, int(channels * width_multiplier))
 
     images = keras.Input((image_size, image_size, 3), name="images")
-    x = ChannelStandardization(
-        IMAGENET_MEAN, IMAGENET_STD, dtype="float32", name="standardize"
-    )(images)
+    x = ChannelStandardization(input_mean, input_std, dtype="float32", name="standardize")(images)
     if cifar_stem:
-        x = _conv_bn(x, width(64), 3, 1, "stem", sync_bn=sync_bn)
+        x = _conv_bn(x, width(64), 3, 1, "stem", options=options)
     else:
-        x = _conv_bn(x, width(64), 7, 2, "stem", sync_bn=sync_bn)
-        x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-        x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+        x = _conv_bn(x, width(64), 7, 2, "stem", options=options)
+        # GR's 3x3/2 SAME max-pool: on even sizes its windows start at 0 (padding (0, 1)).
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
 
     for stage, num_blocks in enumerate(stage_blocks):
         for block in range(num_blocks):
             stride = 2 if stage > 0 and block == 0 else 1
-            x = block_fn(
-                x, width(64 * 2**stage), stride, f"stage{stage + 1}_block{block + 1}",
-                sync_bn=sync_bn, zero_init_last_bn=zero_init_last_bn,
-            )
+            x = block_fn(x, width(64 * 2**stage), stride, f"stage{stage + 1}_block{block + 1}",
+                         options=options)
     # Pool in float32 so r keeps full precision under mixed_bfloat16.
     r = keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(x)
-    return keras.Model(images, r, name=name or f"resnet{depth}")
+    model = keras.Model(images, r, name=name or f"resnet{depth}")
+    model.conv_init = conv_init
+    model.zero_init_last_bn = bool(zero_init_last_bn)
+    return model

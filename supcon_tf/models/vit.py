@@ -10,7 +10,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from supcon_tf.models.resnet import ChannelStandardization
+from supcon_tf.models.resnet import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD, ChannelStandardization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +71,12 @@ def _transformer_block(x, config, name):
     return keras.layers.Add(name=f"{name}_add2")([x, y])
 
 
-def build_vit(variant, *, image_size):
-    """ViT encoder `variant`: float32 images [N, H, W, 3] in [0, 1] -> r [N, hidden_size]."""
+def build_vit(variant, *, image_size, input_mean=DEFAULT_INPUT_MEAN, input_std=DEFAULT_INPUT_STD):
+    """ViT encoder `variant`: float32 images [N, H, W, 3] in [0, 1] -> r [N, hidden_size].
+
+    The images are standardized to (x - input_mean) / input_std first; the default
+    maps [0, 1] to [-1, 1], the input range of the original ViT.
+    """
     if variant not in VIT_CONFIGS:
         raise ValueError(f"ViT variant must be one of {sorted(VIT_CONFIGS)}; got {variant!r}.")
     config = VIT_CONFIGS[variant]
@@ -84,8 +88,7 @@ def build_vit(variant, *, image_size):
     grid = image_size // config.patch_size
 
     images = keras.Input((image_size, image_size, 3), name="images")
-    # Maps [0, 1] to [-1, 1], the input range of the original ViT.
-    x = ChannelStandardization((0.5,) * 3, (0.5,) * 3, dtype="float32", name="standardize")(images)
+    x = ChannelStandardization(input_mean, input_std, dtype="float32", name="standardize")(images)
     x = keras.layers.Conv2D(
         config.hidden_size, config.patch_size, strides=config.patch_size, name="patch_embedding"
     )(x)
