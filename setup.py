@@ -17,13 +17,14 @@ setuptools.setup(
         "numpy",
         # Source of the embedded digits images (no download needed).
         "scikit-learn",
+        # The embedding plot of `python -m supcon_tf.analysis`, a README command.
+        "matplotlib",
     ],
     extras_require={
         "test": [
             "pytest",
             "pytest-xdist>=3",
             "tf-keras~=2.21.0",
-            "matplotlib",
             "pillow",
             "nbclient",
             "nbformat",

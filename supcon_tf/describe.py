@@ -35,7 +35,7 @@ def dataset_sizes(data_config):
 def _stage(optim_config, *, epochs, global_batch_size, num_train_examples, variables,
            batch_norm_variables=(), exempt_variables=()):
     per_epoch = train.steps_per_epoch(num_train_examples, global_batch_size)
-    total_steps = train.stage_steps(epochs, per_epoch)
+    total_steps = optim.epochs_to_steps(epochs, per_epoch)
     decayed = optim.decayed_variables(optim_config, variables,
                                       batch_norm_variables=batch_norm_variables,
                                       exempt_variables=exempt_variables)

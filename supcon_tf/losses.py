@@ -14,7 +14,8 @@ single-device loss of the global batch, divide the per-replica loss by
 `num_replicas_in_sync` before taking gradients and sum the gradients across
 replicas (what Keras optimizers and `strategy.reduce(SUM, ...)` do): the mean
 of the per-replica losses is then the global loss and the summed gradient is
-its gradient.
+its gradient. `SupConLoss` in `model.compile` / `model.fit` does the division
+for you (Keras does not divide a loss that is already a scalar).
 
 Only the softmax denominator needs the anchors x contrasts matrix. The
 positives' term of L_out is z_i . (sum of z_i's class - z_i), computed from
@@ -68,6 +69,13 @@ def supcon_loss(
     For an anchor i, P(i) are its positives (the other views of its own sample
     and, with labels, every view of the other samples of its class), the
     negatives are the views of other classes, and s_ia = z_i . z_a / tau.
+
+    Scaling rule: inside `strategy.run` with R = `num_replicas_in_sync` > 1
+    replicas, a custom loop divides this loss by R before taking gradients
+    (`tape.gradient(loss / R, ...)`), because the optimizer or
+    `strategy.reduce(SUM, ...)` sums the gradients over replicas; report the
+    undivided value's mean over replicas. `SupConLoss` in `model.compile` /
+    `model.fit` does the division for you.
 
     Args:
       features: float32 or bfloat16 [B, V, D], V >= 1 views per sample, already
@@ -548,9 +556,27 @@ def _reduce_over_contrasts(
 class SupConLoss(keras.losses.Loss):
     """`supcon_loss` as a Keras loss: y_true = int labels [B], y_pred = [B, V, D].
 
-    Keras converts y_true to the loss dtype before `call`; the labels are cast
-    back to int32 here (class ids are exact in float32 below 2**24). The result
-    is already a scalar mean, so sample weights do not apply.
+    Scaling across replicas: inside `strategy.run` with R =
+    `num_replicas_in_sync` replicas, calling this loss returns
+    `supcon_loss(...) / R`, as every Keras loss does through its reduction.
+    Keras's train step takes gradients of that value, the optimizer sums them
+    over replicas, and the loss tracker multiplies it back by R, so
+    `model.compile(loss=SupConLoss(...))` + `model.fit` under any strategy
+    gives the weights and the reported loss of one device holding the global
+    batch. Outside a replica context (eagerly, on one device) the value is
+    `supcon_loss` unscaled. A custom loop that calls `supcon_loss` itself
+    divides by R before taking gradients.
+
+    Keras's own reduction cannot do this: it skips the division by R for a
+    loss that is already a scalar (keras/src/losses/loss.py, reduce_values),
+    which would train on R times the gradient. So `__call__` is replaced and
+    the `reduction` argument only accepts its default.
+
+    `sample_weight` is rejected with a ValueError: each anchor's term is a
+    softmax over the whole global batch, so weighting samples has no single
+    meaning here. `fit`'s `class_weight` arrives as `sample_weight` too.
+
+    Labels are cast to int32 directly, not through the loss's float dtype.
     """
 
     def __init__(
@@ -565,6 +591,12 @@ class SupConLoss(keras.losses.Loss):
         name="supcon_loss",
         **kwargs,
     ):
+        reduction = kwargs.get("reduction", "sum_over_batch_size")
+        if reduction != "sum_over_batch_size":
+            raise ValueError(
+                f"SupConLoss takes no reduction: it is already the mean over anchors; got "
+                f"reduction={reduction!r}. Leave reduction at its default."
+            )
         super().__init__(name=name, **kwargs)
         self.temperature = temperature
         self.base_temperature = base_temperature
@@ -574,7 +606,25 @@ class SupConLoss(keras.losses.Loss):
         self.denominator_mode = denominator_mode
         self.positives_cap = positives_cap
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(
+                "SupConLoss does not accept sample_weight (from model.fit's sample_weight or "
+                "class_weight, or a direct call): every anchor's term is a softmax over the "
+                "whole batch, so per-sample weights have no defined meaning. Drop "
+                "sample_weight/class_weight; to rebalance classes, resample the dataset."
+            )
+        with tf.name_scope(self.name):
+            loss = self.call(y_true, tf.cast(y_pred, self.dtype))
+            # The same replica context supcon_loss gathers over: divide exactly
+            # when it returned a per-replica loss of the global batch.
+            replica_context = tf.distribute.get_replica_context()
+            if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+                loss = loss / replica_context.num_replicas_in_sync
+            return loss
+
     def call(self, y_true, y_pred):
+        """The unscaled `supcon_loss` of this replica (no division by replicas)."""
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
         return supcon_loss(
             y_pred,

@@ -103,15 +103,12 @@ def is_chief(strategy):
 
 
 def steps_per_epoch(num_examples, global_batch_size):
-    """Examples over batch, a float as in the official code (epochs * it, floored, is a stage)."""
+    """Examples over batch, a float as in the official code; a stage is
+    optim.epochs_to_steps(epochs, it)."""
     if global_batch_size > num_examples:
         raise ValueError(f"global batch size {global_batch_size} exceeds the {num_examples} "
                          "training examples; lower it")
     return num_examples / global_batch_size
-
-
-def stage_steps(epochs, per_epoch):
-    return int(epochs * per_epoch)
 
 
 def stage_two_data_config(config):
@@ -174,7 +171,7 @@ def build_stage_one(config, strategy, *, num_classes, num_train_examples):
         optimizer = optim.build_optimizer(
             config.optim, trained_variables(model, config.method),
             global_batch_size=train_config.global_batch_size, steps_per_epoch=per_epoch,
-            total_steps=stage_steps(train_config.epochs, per_epoch),
+            total_steps=optim.epochs_to_steps(train_config.epochs, per_epoch),
             batch_norm_variables=optim.batch_norm_variables(model),
             exempt_variables=decay_exempt_variables(model, config.method))
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
@@ -268,7 +265,8 @@ def build_stage_two(config, strategy, model, *, num_classes, num_train_examples)
         head.build((None, model.encoder.output_shape[-1]))
         optimizer = optim.build_optimizer(
             linear.optim, head.trainable_variables, global_batch_size=linear.global_batch_size,
-            steps_per_epoch=per_epoch, total_steps=stage_steps(linear.epochs, per_epoch),
+            steps_per_epoch=per_epoch,
+            total_steps=optim.epochs_to_steps(linear.epochs, per_epoch),
             config_prefix="linear.optim")
         checkpoint = tf.train.Checkpoint(head=head, optimizer=optimizer)
     return head, optimizer, checkpoint, per_epoch
@@ -443,7 +441,8 @@ def train(config, workdir, strategy, *, num_classes, num_train_examples):
         metric_names=STAGE_ONE_METRICS, optimizer=optimizer, checkpoint=checkpoint,
         data_config=config.data, seed=config.seed,
         global_batch_size=config.train.global_batch_size,
-        total_steps=stage_steps(config.train.epochs, per_epoch), steps_per_epoch=per_epoch)
+        total_steps=optim.epochs_to_steps(config.train.epochs, per_epoch),
+        steps_per_epoch=per_epoch)
     return model, run_stage(stage, config, workdir, strategy)
 
 
@@ -459,7 +458,8 @@ def train_stage_two(config, workdir, strategy, model, *, num_classes, num_train_
         data_config=stage_two_data_config(config),
         seed=config.seed + STAGE_TWO_SEED_OFFSET,
         global_batch_size=config.linear.global_batch_size,
-        total_steps=stage_steps(config.linear.epochs, per_epoch), steps_per_epoch=per_epoch)
+        total_steps=optim.epochs_to_steps(config.linear.epochs, per_epoch),
+        steps_per_epoch=per_epoch)
     run_stage(stage, config, workdir, strategy)
     return head
 

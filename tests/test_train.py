@@ -282,12 +282,13 @@ def test_ce_on_the_first_view_ignores_the_second_views_logits():
 # ---------------------------------------------------------------- stage two
 
 
-def stage_two(config, strategy, model, num_train_examples=1024):
+def stage_two(config, strategy, model, num_train_examples=1024, jit_compile=False):
     head, optimizer, _, _ = train.build_stage_two(
         config, strategy, model, num_classes=NUM_CLASSES, num_train_examples=num_train_examples)
     step = train.make_stage_two_step(config, model, head, optimizer,
                                      strategy.num_replicas_in_sync)
-    return head, optimizer, train.make_train_loop(strategy, step, False, train.STAGE_TWO_METRICS)
+    return head, optimizer, train.make_train_loop(strategy, step, jit_compile,
+                                                  train.STAGE_TWO_METRICS)
 
 
 def stage_two_iterator(config, strategy):
@@ -375,3 +376,42 @@ def test_run_trains_stage_two_and_re_evaluates_without_training(tmp_path, protoc
         assert head_checkpoint.endswith(f"ckpt-{int(config.linear.epochs * per_epoch)}")
         again = train.run(tiny_config("supcon"), str(tmp_path), tf.distribute.get_strategy())
         assert again["top1"] == results["top1"]  # the finished head, scored again
+
+
+def official_stage_two(config):
+    """The TF rows' stage two: RMSProp, exponential decay, batch statistics, smoothing."""
+    config.model.sync_bn = True
+    config.linear.global_batch_size = 16
+    config.linear.bn_mode = "batch_stats"
+    config.linear.label_smoothing = 0.05
+    config.linear.optim.update(name="rmsprop", epsilon=0.001, weight_decay=1e-6,
+                               schedule="exponential", decay_every_epochs=0.5, decay_rate=0.97)
+    return config
+
+
+def test_four_replicas_take_the_one_device_stage_two_step(four_replicas):
+    """With synchronized BN, 4 replicas of stage two match one device holding the global batch."""
+    config = official_stage_two(tiny_config("supcon"))
+    results = []
+    for strategy in (tf.distribute.get_strategy(), four_replicas):
+        model = train.build_stage_one(config, strategy, num_classes=NUM_CLASSES,
+                                      num_train_examples=1024)[0]
+        head, _, loop = stage_two(config, strategy, model)
+        iterator = stage_two_iterator(config, strategy)
+        loss = float(loop(iterator, tf.constant(3))["loss"])
+        results.append((loss, [v.numpy() for v in head.variables]))
+    (loss_one, head_one), (loss_four, head_four) = results
+    assert loss_four == pytest.approx(loss_one, rel=1e-5)
+    for one, four in zip(head_one, head_four):
+        np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-6)
+
+
+def test_stage_two_step_compiles_with_xla():
+    """TPU-readiness of stage two: frozen encoder on batch statistics, head, RMSProp update."""
+    config = official_stage_two(tiny_config("supcon"))
+    strategy = tf.distribute.get_strategy()
+    model = train.build_stage_one(config, strategy, num_classes=NUM_CLASSES,
+                                  num_train_examples=1024)[0]
+    _, optimizer, loop = stage_two(config, strategy, model, jit_compile=True)
+    metrics = loop(stage_two_iterator(config, strategy), tf.constant(2))
+    assert float(metrics["finite"]) == 1.0 and int(optimizer.iterations.numpy()) == 2

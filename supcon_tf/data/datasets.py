@@ -97,7 +97,11 @@ def _read(builder, data_config, split, *, shuffle_seed=None, input_context=None)
             read_context = input_context  # each host reads whole files of its own
         else:  # fewer files than hosts: each host reads its own slice of records
             split = tfds.even_splits(split, n=num_pipelines)[input_context.input_pipeline_id]
-    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, input_context=read_context)
+    # No TFDS auto-cache of small datasets: a training stream stops mid-epoch when its
+    # stage ends, which leaves the cache half-written (TensorFlow warns on every run),
+    # and reading the records again each epoch costs little beside decoding them.
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, input_context=read_context,
+                                  try_autocache=False)
     try:
         return builder.as_dataset(
             split=split, shuffle_files=shuffle_seed is not None,
