@@ -54,6 +54,32 @@ def default_workdir(config_argument):
     return os.path.join("runs", f"{name}_{arg}" if arg else name)
 
 
+def fail(message, status):
+    """One line on stderr, no traceback."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(status)
+
+
+def parse_flags(argv):
+    """absl's parsing, with a bad --config file or field as one line and exit status 2.
+
+    config_flags raises while parsing an unknown --config.FIELD, and defers a config
+    file that fails to load until its value is read, so it is read here.
+    """
+    try:
+        remaining = flags.FLAGS(argv)
+        _CONFIG.value.keys()  # a file that failed to load raises on first use
+    except flags.Error as error:
+        # A get_config() that raised comes with its traceback; its last line says it.
+        fail(f"{str(error).strip().splitlines()[-1]} (see python main.py --help)", 2)
+    except (AttributeError, KeyError) as error:
+        fail(f"{error} is not a field of the config; check the --config.FIELD=VALUE "
+             "spelling against the config file", 2)
+    except (OSError, ValueError, TypeError) as error:
+        fail(f"--config: {error}", 2)
+    return remaining
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -61,8 +87,7 @@ def main(argv):
         try:
             recipe = describe.describe(_CONFIG.value)
         except ValueError as error:
-            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-            sys.exit(2)
+            fail(error, 2)
         print(json.dumps(recipe, sort_keys=True))
         return
     workdir = _WORKDIR.value or default_workdir(
@@ -75,17 +100,15 @@ def main(argv):
         config_validation.validate(_CONFIG.value, num_replicas=strategy.num_replicas_in_sync,
                                    workdir=workdir)
     except config_validation.ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(error, 2)
     try:
         train.run(_CONFIG.value, workdir, strategy, _MODE.value, start_time=START_TIME)
     except train.Preempted as preempted:
         logging.warning("%s", preempted)
         sys.exit(143)
-    except FloatingPointError as error:  # the non-finite guard: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    except (FloatingPointError, FileNotFoundError) as error:  # divergence; eval without a run
+        fail(error, 1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -38,11 +38,12 @@ def validate(config, *, num_replicas, workdir):
     _check_names(config)
     _check_optimizers(config)
     _check_batches(config, num_replicas)
+    _check_epochs(config)
     _check_loss(config.loss, num_views=config.data.num_views)
     _check_model(config.model)
     _check_data_fields(config)
     _check_image_size(config)
-    _check_dataset(config.data)
+    _check_dataset(config)
     _check_workdir(workdir)
 
 
@@ -95,6 +96,20 @@ def _check_batches(config, num_replicas):
             raise ConfigError(
                 f"config.{field}={batch} does not divide evenly over {num_replicas} "
                 f"replicas; set it to a multiple of {num_replicas} (e.g. {nearest})")
+
+
+def _stage_two_runs(config):
+    return config.method != "ce"  # ce reports its own classifier
+
+
+def _check_epochs(config):
+    fields = [("train.epochs", config.train.epochs)]
+    if _stage_two_runs(config):
+        fields.append(("linear.epochs", config.linear.epochs))
+    for field, epochs in fields:
+        if not epochs > 0:
+            raise ConfigError(f"config.{field}={epochs!r} must be > 0; it counts passes over "
+                              "the training split")
 
 
 def _check_loss(loss_config, *, num_views):
@@ -169,11 +184,20 @@ def _check_image_size(config):
             f"{smallest}; set it to e.g. {size // smallest * smallest}")
 
 
-def _check_dataset(data_config):
+def _check_dataset(config):
+    data_config = config.data
     try:
-        data_lib.dataset_info(data_config)
+        info = data_lib.dataset_info(data_config)
     except (ValueError, OSError, tf.errors.OpError) as err:
         raise ConfigError(f"config.data.name={data_config.name!r}: {_one_line(err)}") from err
+    batches = [("train.global_batch_size", config.train.global_batch_size)]
+    if _stage_two_runs(config):
+        batches.append(("linear.global_batch_size", config.linear.global_batch_size))
+    for field, batch in batches:
+        if batch > info.num_train_examples:
+            raise ConfigError(
+                f"config.{field}={batch} is larger than the {info.num_train_examples} examples "
+                f"of {data_config.name}'s {data_config.train_split!r} split; lower it")
 
 
 def _check_workdir(workdir):

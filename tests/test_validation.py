@@ -126,6 +126,18 @@ def test_field_values(tmp_path, field, value, expected):
     assert expected in error_for(config, workdir=str(tmp_path))
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("train.epochs", 0, "config.train.epochs=0 must be > 0"),
+    ("linear.epochs", -1, "config.linear.epochs=-1 must be > 0"),
+    ("train.global_batch_size", 2048, "larger than the 1437 examples"),
+    ("linear.global_batch_size", 4096, "config.linear.global_batch_size=4096 is larger"),
+])
+def test_epochs_and_batches_must_fit_the_dataset(tmp_path, field, value, expected):
+    config = tiny_config()
+    set_field(config, field, value)
+    assert expected in error_for(config, workdir=str(tmp_path))
+
+
 def test_stage_two_overrides_must_name_data_fields(tmp_path):
     config = tiny_config()
     config.linear.data.augmentation = "crop_flip"  # a typo of augment
@@ -241,3 +253,31 @@ def test_main_exits_2_with_one_error_line(main_runs, case):
     # Nothing was built or trained: no checkpoint, no results.
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
     assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--config=configs/no_such_config.py"], "No such file or directory"),
+    ([f"--config={TINY_CONFIG}", "--config.optim.lerning_rate=0.1"], "is not a field"),
+    (["--config=configs/digits.py:huge"], "takes no argument or 'tiny'"),
+    ([f"--config={TINY_CONFIG}", "--config.train.epochs=abc"], "--config.train.epochs=abc"),
+    ([f"--config={TINY_CONFIG}", "--config.train.epochs=0"], "config.train.epochs=0"),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, flags, expected):
+    done = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path}", *flags], cwd=REPO,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
+                          text=True, timeout=MAIN_TIMEOUT_S)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], output[-3000:]
+
+
+def test_eval_without_a_checkpoint_says_so_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "main.py", f"--config={TINY_CONFIG}", "--mode=eval",
+                           f"--workdir={tmp_path}"], cwd=REPO,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
+                          text=True, timeout=MAIN_TIMEOUT_S)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert f"error: no checkpoint in {tmp_path}/checkpoints; run --mode=train first" in output
