@@ -25,6 +25,7 @@ weight exp(similarity / 0.07), k = 200 (clipped to the training-set size).
 
 import json
 import posixpath
+import sys
 
 import matplotlib
 import matplotlib.figure
@@ -274,10 +275,14 @@ def _main():
     def run(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        summary = run_analysis(
-            export_dir.value, output_dir.value, config=config.value, data_dir=data_dir.value,
-            k=k.value, plot_method=plot_method.value,
-        )
+        try:
+            summary = run_analysis(
+                export_dir.value, output_dir.value, config=config.value,
+                data_dir=data_dir.value, k=k.value, plot_method=plot_method.value,
+            )
+        except (FileNotFoundError, ValueError) as error:  # not an export, data not prepared
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            sys.exit(2)
         print(json.dumps(summary, sort_keys=True))
 
     app.run(run)

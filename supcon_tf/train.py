@@ -350,11 +350,11 @@ def run_stage(stage, config, workdir, strategy):
     if not chief:  # every worker must save (variables sync), only the chief keeps it
         checkpoint_dir = os.path.join(workdir, "tmp", stage.checkpoint_subdir,
                                       f"worker_{strategy.cluster_resolver.task_id}")
+    resumed_from = restore_newest_readable(stage.checkpoint, checkpoint_dir)
+    if resumed_from:
+        logging.info("%s: resumed from %s", stage.name, resumed_from)
     manager = tf.train.CheckpointManager(stage.checkpoint, checkpoint_dir,
                                          max_to_keep=train_config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        stage.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("%s: resumed from %s", stage.name, manager.latest_checkpoint)
     step = int(stage.optimizer.iterations.numpy())
     total_steps = stage.total_steps
     if step >= total_steps:
@@ -404,6 +404,45 @@ def run_stage(stage, config, workdir, strategy):
     if not chief:
         tf.io.gfile.rmtree(checkpoint_dir)
     return step
+
+
+UNREADABLE_PREFIX = "unreadable-"
+
+
+def restore_newest_readable(checkpoint, checkpoint_dir):
+    """Restores the newest checkpoint in checkpoint_dir that reads back; returns its path,
+    or None when the directory has none.
+
+    A newer one that does not read back (a truncated file, say) is logged and its files
+    renamed to unreadable-<name>, so that nothing is deleted and no later save
+    overwrites them; the directory's state file then lists only readable ones.
+    """
+    state = tf.train.get_checkpoint_state(checkpoint_dir)
+    if state is None:
+        return None
+    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    for newest in range(len(paths) - 1, -1, -1):
+        path = paths[newest]
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as error:
+            logging.warning("checkpoint %s does not read back (%s); trying the one before",
+                            path, " ".join(str(error).split())[:200])
+            continue
+        unreadable = paths[newest + 1:]
+        for bad in unreadable:
+            for name in tf.io.gfile.glob(f"{bad}.*"):
+                aside = os.path.join(os.path.dirname(name),
+                                     UNREADABLE_PREFIX + os.path.basename(name))
+                tf.io.gfile.rename(name, aside, overwrite=True)
+            logging.warning("kept the unreadable %s as %s%s.*, resuming from %s", bad,
+                            UNREADABLE_PREFIX, os.path.basename(bad), path)
+        if unreadable:
+            tf.compat.v1.train.update_checkpoint_state(
+                checkpoint_dir, path, all_model_checkpoint_paths=paths[:newest + 1])
+        return path
+    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir} reads back (all of "
+                            f"{len(paths)} failed; see the log); move them away to start again")
 
 
 def crossed(previous_step, step, every):
@@ -468,10 +507,8 @@ def restore_for_eval(config, workdir, strategy, *, num_classes, num_train_exampl
     """The stage-one model from the latest checkpoint in workdir (for --mode=eval)."""
     model, _, checkpoint, _ = build_stage_one(config, strategy, num_classes=num_classes,
                                               num_train_examples=num_train_examples)
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if latest is None:
+    if restore_newest_readable(checkpoint, os.path.join(workdir, "checkpoints")) is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; run --mode=train first")
-    checkpoint.restore(latest).assert_existing_objects_matched()
     return model, int(checkpoint.optimizer.iterations.numpy())
 
 

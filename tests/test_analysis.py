@@ -194,3 +194,14 @@ def test_run_analysis_rejects_a_config_for_another_image_size(exported, tmp_path
     config.data.image_size *= 2
     with pytest.raises(ValueError, match="image_size"):
         analysis.run_analysis(exported["export_dir"], str(tmp_path / "out"), config=config)
+
+
+def test_command_on_a_directory_that_is_not_an_export_says_so_in_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "supcon_tf.analysis", f"--export_dir={tmp_path}",
+         f"--output_dir={tmp_path / 'out'}"],
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
+        text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in output, output[-3000:]
+    assert f"error: {tmp_path}/export_info.json not found" in output

@@ -415,3 +415,28 @@ def test_stage_two_step_compiles_with_xla():
     _, optimizer, loop = stage_two(config, strategy, model, jit_compile=True)
     metrics = loop(stage_two_iterator(config, strategy), tf.constant(2))
     assert float(metrics["finite"]) == 1.0 and int(optimizer.iterations.numpy()) == 2
+
+
+@pytest.mark.slow
+def test_an_unreadable_latest_checkpoint_falls_back_and_is_kept(tmp_path):
+    config = tiny_config("supcon")
+    config.train.keep_checkpoints = 3
+    strategy = tf.distribute.get_strategy()
+    sizes = dict(num_classes=NUM_CLASSES, num_train_examples=1437)
+    workdir = str(tmp_path)
+    _, steps = train.train(config, workdir, strategy, **sizes)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    data_file = f"{latest}.data-00000-of-00001"
+    with open(data_file, "rb") as f:
+        truncated = f.read()[:100]
+    with open(data_file, "wb") as f:  # what a disk that filled up mid-save leaves
+        f.write(truncated)
+
+    _, resumed_steps = train.train(config, workdir, strategy, **sizes)
+    assert resumed_steps == steps  # fell back to the one before, then trained to the end
+    assert tf.train.latest_checkpoint(checkpoint_dir) == latest  # saved again, readable
+    tf.train.load_checkpoint(latest).get_variable_to_shape_map()
+    kept = os.path.join(checkpoint_dir, train.UNREADABLE_PREFIX + os.path.basename(data_file))
+    with open(kept, "rb") as f:
+        assert f.read() == truncated  # nothing that was saved is lost
