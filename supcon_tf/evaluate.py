@@ -1,13 +1,12 @@
 """Evaluation: top-k accuracy on a full split, embedding extraction, the linear probe.
 
-Stage two of the paper trains a linear classifier on the frozen encoder. Here the
-encoder runs once, in inference mode (BN on its moving statistics) and without
-augmentation, over the train and eval splits; the classifier then trains on those
-cached embeddings with its own optimizer and schedule (config.linear). For a frozen
-encoder without augmentation this is the same optimization as running the encoder in
-every step, only cheaper. The paper's ImageNet linear stage also used random crops;
-this one does not (a documented deviation). The final epoch is reported: nothing is
-selected on the eval split.
+The paper rows' stage two trains its classifier through the frozen encoder on
+augmented views (train.py, config.linear.protocol="augmented"). linear_probe is the
+"cached" protocol and the analysis tools' probe: the encoder runs once, in inference
+mode and without augmentation, and a classifier trains on those fixed embeddings
+with its own optimizer and schedule. For a frozen encoder without augmentation that
+is the same optimization, only cheaper; it is not the official protocol. The final
+epoch is reported: nothing is selected on the eval split.
 """
 
 import keras
