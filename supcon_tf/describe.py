@@ -61,7 +61,7 @@ def _stage(optim_config, *, epochs, global_batch_size, num_train_examples, varia
 
 
 def _augmentation(data_config):
-    spec = data.ViewSpec.from_data_config(data_config, jpeg=data_config.name == "imagenet2012")
+    spec = data.ViewSpec.from_data_config(data_config, jpeg=data.is_jpeg(data_config))
     return _json_ready(dataclasses.asdict(spec))
 
 

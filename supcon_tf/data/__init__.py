@@ -14,6 +14,7 @@ from supcon_tf.data.datasets import (
     build_eval_dataset,
     build_train_dataset,
     dataset_info,
+    is_jpeg,
 )
 from supcon_tf.data.digits import Digits
 from supcon_tf.data.views import AUGMENTATIONS, MIN_IMAGE_SIZE, ViewSpec

@@ -80,7 +80,7 @@ def _builder(data_config):
     return builder
 
 
-def _is_jpeg(data_config):
+def is_jpeg(data_config):
     return data_config.name == "imagenet2012"
 
 
@@ -300,7 +300,7 @@ def build_train_dataset(data_config, *, global_batch_size, seed, input_context=N
     pipeline); start_step=k gives the same stream with its first k steps left out,
     skipped before decoding.
     """
-    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=_is_jpeg(data_config))
+    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=is_jpeg(data_config))
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0")
     batch_size, examples_per_step = _batch_sizes(global_batch_size, input_context)
@@ -320,7 +320,7 @@ def build_eval_dataset(data_config, *, split, batch_size, input_context=None):
     batch_size is global; with input_context each pipeline reads its own part of
     the split in per-replica batches. The last batch is padded (mask False).
     """
-    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=_is_jpeg(data_config))
+    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=is_jpeg(data_config))
     per_replica, _ = _batch_sizes(batch_size, input_context)
     builder = _builder(data_config)
     records = _read(builder, data_config, split, input_context=input_context)
