@@ -154,7 +154,7 @@ def test_unprepared_dataset_says_how_to_prepare(tmp_path, name, advice):
 
 @pytest.mark.parametrize("field,value", [("num_views", 0), ("augment", "mixup"),
                                          ("image_size", 4), ("crop_area_min", 0.0),
-                                         ("name", "mnist"), ("color_jitter_style", "hsv"),
+                                         ("name", "mnist_typo"), ("color_jitter_style", "hsv"),
                                          ("blur_probability", 1.5), ("blur_probability", -0.1)])
 def test_bad_config_names_the_field(data_dir, field, value):
     config = _config(data_dir, **{field: value})

@@ -82,7 +82,7 @@ def test_global_batch_must_divide_over_replicas(tmp_path, field, batch, num_repl
     ("optim.name", "lamb"),
     ("linear.optim.name", "lamb"),
     ("optim.schedule", "linear"),
-    ("data.name", "mnist"),
+    ("data.name", "mnist_typo"),
     ("loss.denominator_mode", "some"),
     ("loss.cross_entropy_views", "second"),
     ("linear.protocol", "cache"),

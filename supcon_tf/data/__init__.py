@@ -1,13 +1,13 @@
-"""Input pipelines: TFDS datasets, the paper's multi-view augmentations, per-host sharding.
+"""Input pipelines: TFDS datasets or image folders, the paper's multi-view augmentations,
+per-host sharding.
 
-Public API: dataset_info, build_train_dataset,
-build_eval_dataset; AUGMENTATIONS and DATASETS list the valid config names.
+Public API: dataset_info, build_train_dataset, build_eval_dataset;
+check_dataset_name and AUGMENTATIONS check the config names.
 """
 
 from supcon_tf.data.datasets import (
     CORRUPT_DATASET_MESSAGE,
     CorruptDatasetError,
-    DATASETS,
     MAX_CONSECUTIVE_DECODE_FAILURES,
     DatasetInfo,
     DatasetNotPreparedError,
@@ -17,4 +17,6 @@ from supcon_tf.data.datasets import (
     is_jpeg,
 )
 from supcon_tf.data.digits import Digits
+from supcon_tf.data.sources import DATASETS, IMAGE_FOLDER
+from supcon_tf.data.sources import check_name as check_dataset_name
 from supcon_tf.data.views import AUGMENTATIONS, MIN_IMAGE_SIZE, ViewSpec

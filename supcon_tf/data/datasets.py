@@ -1,14 +1,14 @@
-"""tf.data pipelines over TFDS: multi-view training batches and padded eval batches.
+"""tf.data pipelines: multi-view training batches and padded eval batches.
 
-Nothing here downloads. The TFDS datasets (cifar10, cifar100, imagenet2012) must
-already be prepared in config.data.data_dir (gs:// works); the embedded "digits"
-prepares itself from scikit-learn on first use.
+Records come from sources.py: a TFDS dataset, which must already be prepared in
+config.data.data_dir (gs:// works; the embedded "digits" prepares itself from
+scikit-learn on first use), or an image folder. Nothing here downloads.
 
 Training stream, per input pipeline (host):
 
-    records (this host's shard, image bytes undecoded) -> repeat -> shuffle(seed)
+    records (this host's shard, image bytes or paths) -> repeat -> shuffle(seed)
     -> enumerate (stream index) -> skip(start_step * per-host batch)
-    -> decode once + V crops, seed = (seed, host, index)   [parallel]
+    -> read + decode once + V crops, seed = (seed, host, index)   [parallel]
     -> drop undecodable records -> augment the V views      [parallel]
     -> batch(b) -> count the dropped ones from the gaps in the stream index (logged)
     -> prefetch (tf.data's autotuner off, see _prefetch)
@@ -19,17 +19,16 @@ they are decoded to resume it.
 """
 
 import dataclasses
-import os
 import sys
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from supcon_tf.data import augment
-from supcon_tf.data import digits  # noqa: F401  (registers the embedded 'digits' builder with TFDS)
+from supcon_tf.data import sources
 from supcon_tf.data import views as views_lib
+from supcon_tf.data.sources import DatasetNotPreparedError  # noqa: F401  (part of the API)
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012")
 # A dataset that fails this many records in a row is corrupt, not unlucky: the
 # pipeline raises instead of skipping forever.
 MAX_CONSECUTIVE_DECODE_FAILURES = 100
@@ -41,93 +40,29 @@ CORRUPT_DATASET_MESSAGE = "consecutive records failed to decode"
 _plain_graph = tf.autograph.experimental.do_not_convert
 
 
-class DatasetNotPreparedError(FileNotFoundError):
-    """The dataset is not in data_dir; the message says how to prepare it."""
-
-
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     name: str
     num_classes: int
     num_train_examples: int
     num_eval_examples: int
-
-
-def _data_dir(data_config):
-    return data_config.data_dir or os.path.expanduser("~/tensorflow_datasets")
-
-
-def _not_prepared(data_config, cause=""):
-    name, data_dir = data_config.name, _data_dir(data_config)
-    how = f"`tfds build {name} --data_dir={data_dir}`"
-    if name == "imagenet2012":
-        how = (f"`tfds build imagenet2012 --data_dir={data_dir} --manual_dir=DIR` where DIR "
-               "holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (ImageNet cannot "
-               "be downloaded automatically)")
-    return DatasetNotPreparedError(
-        f"Dataset {name!r} is not prepared in data_dir={data_dir} and this code never "
-        f"downloads. Prepare it once with {how}, then set config.data.data_dir to that "
-        f"directory (gs:// paths work).{' (' + cause + ')' if cause else ''}")
-
-
-def _builder(data_config):
-    name = data_config.name
-    if name not in DATASETS:
-        raise ValueError(f"config.data.name={name!r} is unknown; use one of {', '.join(DATASETS)}")
-    builder = tfds.builder(name, data_dir=_data_dir(data_config))
-    if name == "digits" and not builder.is_prepared():
-        builder.download_and_prepare()  # offline: the images come from scikit-learn
-    return builder
+    class_names: tuple  # label i is class_names[i]; TFDS's names, or an image folder's folders
 
 
 def is_jpeg(data_config):
-    return data_config.name == "imagenet2012"
-
-
-def _read(builder, data_config, split, *, shuffle_seed=None, input_context=None):
-    """This pipeline's records {"image": bytes, "label": int64}; file order unless shuffle_seed."""
-    num_pipelines = input_context.num_input_pipelines if input_context else 1
-    read_context = None
-    if num_pipelines > 1:
-        try:
-            num_files = builder.info.splits[split].num_shards
-        except (KeyError, ValueError):  # split sizes unknown (e.g. under tfds.testing.mock_data)
-            num_files = num_pipelines
-        if num_files >= num_pipelines:
-            read_context = input_context  # each host reads whole files of its own
-        else:  # fewer files than hosts: each host reads its own slice of records
-            split = tfds.even_splits(split, n=num_pipelines)[input_context.input_pipeline_id]
-    # No TFDS auto-cache of small datasets: a training stream stops mid-epoch when its
-    # stage ends, which leaves the cache half-written (TensorFlow warns on every run),
-    # and reading the records again each epoch costs little beside decoding them.
-    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, input_context=read_context,
-                                  try_autocache=False)
-    try:
-        return builder.as_dataset(
-            split=split, shuffle_files=shuffle_seed is not None,
-            decoders={"image": tfds.decode.SkipDecoding()}, read_config=read_config)
-    except AssertionError as err:  # how TFDS reports a missing dataset directory
-        raise _not_prepared(data_config, str(err)) from err
+    """Whether every image of config.data is an encoded JPEG (crops then decode only their part)."""
+    return sources.source(data_config).is_jpeg
 
 
 def dataset_info(data_config):
     """Classes and split sizes of config.data; raises DatasetNotPreparedError if not in data_dir."""
-    builder = _builder(data_config)
-    sizes = {}
-    for split in (data_config.train_split, data_config.eval_split):
-        try:
-            sizes[split] = builder.info.splits[split].num_examples
-        except KeyError:
-            # No split metadata: either not prepared (reading raises the clear error)
-            # or a reader without metadata (mocked TFDS), where the reader knows the size.
-            sizes[split] = int(_read(builder, data_config, split).cardinality())
-            if sizes[split] < 0:
-                raise _not_prepared(data_config) from None
+    source = sources.source(data_config)
     return DatasetInfo(
         name=data_config.name,
-        num_classes=builder.info.features["label"].num_classes,
-        num_train_examples=sizes[data_config.train_split],
-        num_eval_examples=sizes[data_config.eval_split])
+        num_classes=len(source.class_names),
+        num_train_examples=source.split_size(data_config.train_split),
+        num_eval_examples=source.split_size(data_config.eval_split),
+        class_names=source.class_names)
 
 
 # ---------------------------------------------------------------------------- bad records
@@ -214,17 +149,25 @@ def decode_and_batch(indexed_records, decode_fn, *, batch_size, drop_remainder, 
 # ---------------------------------------------------------------------------- pipelines
 
 
-def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_examples=0):
-    """Records {"image": bytes, "label": int} -> infinite batches of V views.
+def _no_read(key):
+    return key  # the records hold the encoded images
 
-    Public so that benchmarks and tests can feed records from memory. `seed` is
-    an int32 [2]-convertible pair; batches are a pure function of it.
+
+def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_examples=0,
+                   read=_no_read):
+    """Records {"image": key, "label": int} -> infinite batches of V views.
+
+    read(key) gives the encoded image (a source's read; by default the key is
+    the encoded image). Public so that benchmarks and tests can feed records
+    from memory. `seed` is an int32 [2]-convertible pair; batches are a pure
+    function of it.
     """
     seed = tf.constant(seed, tf.int32)
     dataset = records.map(lambda example: (example["image"], example["label"]))
 
     def decode(index, record):
-        encoded, label = record
+        key, label = record
+        encoded = read(key)
         crop_seed, augment_seed = views_lib.stage_seeds(augment.fold_seed(seed, index))
         return {"views": views_lib.crop_views(encoded, crop_seed, spec),
                 "augment_seed": augment_seed, "label": tf.cast(label, tf.int32)}
@@ -243,13 +186,13 @@ def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_ex
     return _prefetch(dataset)
 
 
-def eval_pipeline(records, spec, *, batch_size):
+def eval_pipeline(records, spec, *, batch_size, read=_no_read):
     """Records -> the whole split, one view, batches padded to batch_size with a mask."""
     size = spec.image_size
 
     def decode(index, record):
-        encoded, label = record
-        return {"image": views_lib.eval_image(encoded, spec), "label": tf.cast(label, tf.int32)}
+        key, label = record
+        return {"image": views_lib.eval_image(read(key), spec), "label": tf.cast(label, tf.int32)}
 
     dataset = records.map(lambda example: (example["image"], example["label"])).enumerate()
     require_decodable(dataset, decode)
@@ -300,18 +243,18 @@ def build_train_dataset(data_config, *, global_batch_size, seed, input_context=N
     pipeline); start_step=k gives the same stream with its first k steps left out,
     skipped before decoding.
     """
-    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=is_jpeg(data_config))
+    source = sources.source(data_config)
+    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=source.is_jpeg)
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0")
     batch_size, examples_per_step = _batch_sizes(global_batch_size, input_context)
     pipeline_id = input_context.input_pipeline_id if input_context else 0
-    builder = _builder(data_config)
-    records = _read(builder, data_config, data_config.train_split,
-                    shuffle_seed=seed, input_context=input_context)
+    records = source.records(data_config.train_split, shuffle_seed=seed,
+                             input_context=input_context)
     return train_pipeline(
         records, spec, batch_size=batch_size, seed=(seed, pipeline_id),
         shuffle_buffer=int(data_config.shuffle_buffer),
-        skip_examples=start_step * examples_per_step)
+        skip_examples=start_step * examples_per_step, read=source.read)
 
 
 def build_eval_dataset(data_config, *, split, batch_size, input_context=None):
@@ -320,8 +263,8 @@ def build_eval_dataset(data_config, *, split, batch_size, input_context=None):
     batch_size is global; with input_context each pipeline reads its own part of
     the split in per-replica batches. The last batch is padded (mask False).
     """
-    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=is_jpeg(data_config))
+    source = sources.source(data_config)
+    spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=source.is_jpeg)
     per_replica, _ = _batch_sizes(batch_size, input_context)
-    builder = _builder(data_config)
-    records = _read(builder, data_config, split, input_context=input_context)
-    return eval_pipeline(records, spec, batch_size=per_replica)
+    records = source.records(split, input_context=input_context)
+    return eval_pipeline(records, spec, batch_size=per_replica, read=source.read)
