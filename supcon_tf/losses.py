@@ -27,6 +27,10 @@ processed in blocks inside a `tf.while_loop` whose backward pass recomputes
 each block's logits, so peak memory is O(block_size x contrasts) instead of
 O(anchors x contrasts).
 
+A queue of extra contrasts (a momentum encoder's keys) is appended after the
+global batch as one-view samples that are never anchors: the same masks and
+class sums cover it, and it receives no gradient.
+
 Denominators of the negatives only, or of the negatives and the kept
 positives, take the same path with another mask. With denominator_mode
 "one_positive" each (anchor, positive) pair has its own denominator, so the
@@ -63,6 +67,8 @@ def supcon_loss(
     block_size=None,
     denominator_mode="all",
     positives_cap=None,
+    queue_features=None,
+    queue_labels=None,
 ):
     """Supervised contrastive loss of L2-normalized multi-view features.
 
@@ -112,6 +118,14 @@ def supcon_loss(
         positives_cap + V - 1 positives. Views of the samples past the cap
         are neither positives nor negatives: they leave the numerator and
         every denominator. With labels=None the cap changes nothing.
+      queue_features: None, or float [Q, D] extra contrasts (a momentum
+        encoder's keys from earlier steps, L2-normalized by the caller),
+        appended after the global batch. They are never anchors and get no
+        gradient. The queue is not gathered: the caller keeps the same queue
+        on every replica. With labels=None its entries are negatives only.
+      queue_labels: int [Q] class ids of the queue entries, required exactly
+        when both labels and queue_features are given: an entry of the
+        anchor's class is one more positive, any other entry a negative.
 
     Returns:
       Scalar float32: the mean over this replica's anchors that have at least
@@ -125,8 +139,11 @@ def supcon_loss(
       ValueError: for features not of rank 3, labels not of shape [B] or not
         integers, temperature or base_temperature <= 0, an unknown
         contrast_mode, variant or denominator_mode, a block_size that is not a
-        positive int, or a positives_cap that is not None or an int >= 0 that
-        is a multiple of a statically known V.
+        positive int, a positives_cap that is not None or an int >= 0 that
+        is a multiple of a statically known V, queue_features not of shape
+        [Q, D], queue_labels not of shape [Q] or given without both labels and
+        queue_features (or missing when both are given), or positives_cap
+        together with a queue.
     """
     features = tf.convert_to_tensor(features)
     if features.shape.rank != 3:
@@ -174,6 +191,45 @@ def supcon_loss(
                 f"of shape {features.shape}."
             )
 
+    if queue_features is not None:
+        queue_features = tf.convert_to_tensor(queue_features)
+        if (
+            queue_features.shape.rank != 2
+            or not queue_features.dtype.is_floating
+            or not queue_features.shape[1:].is_compatible_with(features.shape[2:])
+        ):
+            raise ValueError(
+                f"queue_features must be float [Q, D] with D = {features.shape[2]} as in "
+                f"features; got {queue_features.dtype.name} of shape {queue_features.shape}."
+            )
+        if positives_cap is not None:
+            raise ValueError(
+                "positives_cap does not combine with a queue (the cap keeps whole samples of "
+                "the batch); set positives_cap=None or drop queue_features."
+            )
+    if queue_labels is not None:
+        if queue_features is None or labels is None:
+            raise ValueError(
+                "queue_labels needs both labels and queue_features; with labels=None (SimCLR) "
+                "queue entries are negatives only, so pass queue_labels=None."
+            )
+        queue_labels = tf.convert_to_tensor(queue_labels)
+        if (
+            not queue_labels.dtype.is_integer
+            or queue_labels.shape.rank != 1
+            or not queue_labels.shape.is_compatible_with(queue_features.shape[:1])
+        ):
+            raise ValueError(
+                f"queue_labels must be int class ids of shape [Q] = [{queue_features.shape[0]}] "
+                f"to match queue_features; got {queue_labels.dtype.name} of shape "
+                f"{queue_labels.shape}."
+            )
+    elif queue_features is not None and labels is not None:
+        raise ValueError(
+            "queue_labels must be given with labels and queue_features: the class of each "
+            "queue entry decides whether it is a positive."
+        )
+
     features = tf.cast(features, tf.float32)
     batch = tf.shape(features)[0]
     num_views = features.shape[1] if features.shape[1] is not None else tf.shape(features)[1]
@@ -193,20 +249,36 @@ def supcon_loss(
         all_features, all_labels, first_sample = features, labels, tf.constant(0, tf.int32)
     global_batch = tf.shape(all_features)[0]
 
-    # SimCLR: a sample's identity is its label, so only its own views are positives.
+    # SimCLR: a sample's identity is its label, so only its own views are
+    # positives; the queue's entries share a label no batch sample has.
     if all_labels is None:
         all_labels = tf.range(global_batch)
-        labels = first_sample + tf.range(batch)
+        if queue_features is not None:
+            queue_labels = tf.fill(tf.shape(queue_features)[:1], global_batch)
 
-    # Classes and ranks are per sample; every view shares its sample's.
+    # Classes and ranks are per sample; every view shares its sample's. The
+    # queue's entries follow the global batch as one-view samples.
     contrasts = tf.reshape(all_features, [-1, dim])
+    sample_labels = all_labels
+    contrasts_per_sample = tf.fill([global_batch], tf.cast(num_views, tf.float32))
+    if queue_features is not None:
+        queue = tf.stop_gradient(tf.cast(queue_features, tf.float32))
+        contrasts = tf.concat([contrasts, queue], 0)
+        sample_labels = tf.concat([all_labels, tf.cast(queue_labels, tf.int32)], 0)
+        contrasts_per_sample = tf.concat(
+            [contrasts_per_sample, tf.ones_like(queue_labels, tf.float32)], 0
+        )
     num_contrasts = tf.shape(contrasts)[0]
     contrast_ids = tf.range(num_contrasts)
-    sample_class, sample_rank = _class_index_and_rank(all_labels)
+    num_samples = tf.size(sample_labels)
+    sample_class, sample_rank = _class_index_and_rank(sample_labels)
     class_size = tf.math.unsorted_segment_sum(
-        tf.ones_like(sample_class, tf.float32), sample_class, global_batch
+        tf.ones_like(sample_class, tf.float32), sample_class, num_samples
     )
-    contrast_class = tf.repeat(sample_class, num_views)
+    class_contrasts = tf.math.unsorted_segment_sum(contrasts_per_sample, sample_class, num_samples)
+    contrast_class = tf.concat(
+        [tf.repeat(sample_class[:global_batch], num_views), sample_class[global_batch:]], 0
+    )
     if contrast_mode == "all":
         anchors = tf.reshape(features, [-1, dim])
         anchor_ids = first_sample * num_views + tf.range(batch * num_views)
@@ -216,10 +288,11 @@ def supcon_loss(
     anchor_samples = anchor_ids // num_views
     anchor_class = tf.gather(sample_class, anchor_samples)
     anchor_class_size = tf.gather(class_size, anchor_class)
+    anchor_class_contrasts = tf.gather(class_contrasts, anchor_class)
     num_views_float = tf.cast(num_views, tf.float32)
 
     if positives_cap is None:
-        num_positives = num_views_float * anchor_class_size - 1.0  # the anchor is its own contrast
+        num_positives = anchor_class_contrasts - 1.0  # the anchor is its own contrast
         anchor_keys = (anchor_ids, anchor_class)
     else:
         kept_samples = positives_cap // num_views
@@ -284,7 +357,9 @@ def supcon_loss(
             # the anchors x contrasts matrix.
             sample_sums = tf.reduce_sum(all_features, 1)
             if positives_cap is None:
-                class_sums = tf.math.unsorted_segment_sum(sample_sums, sample_class, global_batch)
+                if queue_features is not None:
+                    sample_sums = tf.concat([sample_sums, queue], 0)
+                class_sums = tf.math.unsorted_segment_sum(sample_sums, sample_class, num_samples)
                 positive_sums = tf.gather(class_sums, anchor_class) - anchors
             else:
 
@@ -313,7 +388,7 @@ def supcon_loss(
     if denominator_mode == "only_negatives":
         # Either every anchor has a negative or the global batch is one class,
         # so the count still agrees across replicas.
-        num_negatives = tf.cast(num_contrasts, tf.float32) - num_views_float * anchor_class_size
+        num_negatives = tf.cast(num_contrasts, tf.float32) - anchor_class_contrasts
         has_loss = tf.logical_and(has_loss, num_negatives > 0)
     per_anchor_loss = tf.where(has_loss, per_anchor_loss, 0.0)
 
@@ -577,6 +652,9 @@ class SupConLoss(keras.losses.Loss):
     meaning here. `fit`'s `class_weight` arrives as `sample_weight` too.
 
     Labels are cast to int32 directly, not through the loss's float dtype.
+    The queue (queue_features, queue_labels) is per-step state that
+    (y_true, y_pred) cannot carry, so this wrapper does not take it: a
+    training loop with a momentum queue calls `supcon_loss` itself.
     """
 
     def __init__(
