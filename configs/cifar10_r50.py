@@ -35,6 +35,8 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.method = "supcon"
+    # Start from other weights: a workdir, a checkpoint or an export (supcon_tf/init_from.py).
+    config.init_from = config_dict.placeholder(str)
 
     # --- data: torchvision's RandomResizedCrop(32, (0.2, 1)), flip, ColorJitter, grayscale
     config.data = ml_collections.ConfigDict()

@@ -26,6 +26,8 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.method = "supcon"
+    # Start from other weights: a workdir, a checkpoint or an export (supcon_tf/init_from.py).
+    config.init_from = ml_collections.config_dict.placeholder(str)
 
     # --- data: native 8x8 digits; no flips (a flipped 2 is not a 2)
     config.data = ml_collections.ConfigDict()

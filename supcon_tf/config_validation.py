@@ -15,6 +15,7 @@ import uuid
 import tensorflow as tf
 
 from supcon_tf import data as data_lib
+from supcon_tf import init_from as init_from_lib
 from supcon_tf import losses as losses_lib
 from supcon_tf import models as models_lib
 from supcon_tf import optim as optim_lib
@@ -34,7 +35,10 @@ def validate(config, *, num_replicas, workdir):
     Checks of the config itself come first; then the dataset (which reads
     metadata from data_dir, or builds the embedded digits once) and last the
     workdir (which is created if needed and gets a probe file written and removed).
+    With config.init_from set, the checks see the source's architecture, as the run will.
     """
+    _check_init_from(config)
+    config = init_from_lib.with_architecture(config)
     _check_names(config)
     _check_optimizers(config)
     _check_batches(config, num_replicas)
@@ -105,8 +109,39 @@ def _stage_two_runs(config):
     return config.method != "ce"  # ce reports its own classifier
 
 
+def _check_init_from(config):
+    path = config.get("init_from")
+    if not path:
+        if config.get("init_from_required"):
+            raise ConfigError("this config starts from other weights: pass "
+                              f"--config.init_from=PATH, {init_from_lib.USAGE}")
+        return
+    try:
+        init_from_lib.check_fits(config)  # locates the source and loads it into its encoder
+    except (ValueError, OSError, tf.errors.OpError) as err:
+        raise ConfigError(f"config.init_from={path!r}: {_one_line(err)}") from err
+
+
+def _check_frozen_transfer(config):
+    """train.epochs=0 with init_from: no stage one, a classifier on the loaded encoder."""
+    if not _stage_two_runs(config):
+        raise ConfigError(f"config.train.epochs=0 with method={config.method!r} trains nothing; "
+                          "set train.epochs > 0 to fine-tune, or method='supcon' for a linear "
+                          "classifier on the frozen encoder")
+    try:  # stage one's optimizer is built (and checkpointed) even when it never steps
+        optim_lib.build_schedule(config.optim, global_batch_size=config.train.global_batch_size,
+                                 steps_per_epoch=1.0, total_steps=0)
+    except ValueError as err:
+        raise ConfigError(f"config.train.epochs=0: optim.schedule={config.optim.schedule!r} needs "
+                          "steps; set config.optim.schedule='piecewise' (as "
+                          "configs/transfer.py:linear does)") from err
+
+
 def _check_epochs(config):
     fields = [("train.epochs", config.train.epochs)]
+    if config.train.epochs == 0 and config.get("init_from"):
+        _check_frozen_transfer(config)
+        fields = []
     if _stage_two_runs(config):
         fields.append(("linear.epochs", config.linear.epochs))
     for field, epochs in fields:

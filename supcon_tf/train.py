@@ -49,7 +49,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from supcon_tf import data, evaluate, models, optim
+from supcon_tf import data, evaluate, init_from, models, optim
 from supcon_tf import strategy as strategy_lib
 from supcon_tf.losses import supcon_loss
 
@@ -333,6 +333,8 @@ class Stage:
     global_batch_size: int
     total_steps: int
     steps_per_epoch: float
+    # Called when the stage starts without a checkpoint of its own (config.init_from).
+    initialize: Callable | None = None
 
 
 def run_stage(stage, config, workdir, strategy):
@@ -355,6 +357,9 @@ def run_stage(stage, config, workdir, strategy):
         logging.info("%s: resumed from %s", stage.name, resumed_from)
     manager = tf.train.CheckpointManager(stage.checkpoint, checkpoint_dir,
                                          max_to_keep=train_config.keep_checkpoints)
+    if not resumed_from and stage.initialize is not None:
+        stage.initialize()
+        manager.save(checkpoint_number=0)  # a resumed run restores this, not the source
     step = int(stage.optimizer.iterations.numpy())
     total_steps = stage.total_steps
     if step >= total_steps:
@@ -481,7 +486,7 @@ def train(config, workdir, strategy, *, num_classes, num_train_examples):
         data_config=config.data, seed=config.seed,
         global_batch_size=config.train.global_batch_size,
         total_steps=optim.epochs_to_steps(config.train.epochs, per_epoch),
-        steps_per_epoch=per_epoch)
+        steps_per_epoch=per_epoch, initialize=init_from.initializer(config, model.encoder))
     return model, run_stage(stage, config, workdir, strategy)
 
 
@@ -563,8 +568,9 @@ def evaluate_model(config, workdir, strategy, model, *, num_classes, num_train_e
         return {"features": model.head_input(outputs["embedding"]), "logits": outputs["logits"]}
 
     eval_outputs, eval_labels = split_outputs(config, strategy, eval_fn, config.data.eval_split)
-    results = {"online_top1": evaluate.topk_accuracy(eval_labels, eval_outputs["logits"], 1),
-               "num_eval_examples": len(eval_labels), "linear_protocol": config.linear.protocol}
+    results = {"num_eval_examples": len(eval_labels), "linear_protocol": config.linear.protocol}
+    if config.train.epochs:  # a frozen-encoder transfer trains no online classifier
+        results["online_top1"] = evaluate.topk_accuracy(eval_labels, eval_outputs["logits"], 1)
     if config.linear.protocol == "cached":
         results.update(cached_probe(config, workdir, strategy, model, eval_outputs["features"],
                                     eval_labels, num_classes=num_classes))
@@ -593,6 +599,7 @@ def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
     info = data.dataset_info(config.data)
     with config.unlocked():
         config.num_classes = int(info.num_classes)
+    init_from.adopt_architecture(config)  # the source's encoder, when config.init_from is set
     if is_chief(strategy):
         save_config(config, workdir)
     sizes = dict(num_classes=info.num_classes, num_train_examples=info.num_train_examples)
@@ -606,6 +613,8 @@ def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
 
     results = {"method": config.method, "dataset": config.data.name, "seed": config.seed,
                "eval_split": config.data.eval_split, "steps": step}
+    if config.get("init_from"):
+        results["init_from"] = config.init_from
     results.update(evaluate_model(config, workdir, strategy, model, **sizes))
     results["wall_s"] = round(time.time() - start_time, 1)
     logging.info("results: %s", results)

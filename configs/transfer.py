@@ -1,0 +1,90 @@
+r"""Transfer a trained encoder to a new dataset: a linear classifier, or fine-tuning.
+
+Paper row: none measured here; the two protocols of the paper's transfer study, on
+whatever dataset you choose: ":linear" trains a linear classifier on the frozen
+encoder's embeddings (no stage one), ":finetune" trains the whole encoder with a
+fresh classifier by cross-entropy (the "ce" method, starting from the loaded weights).
+
+Command (the source is a main.py workdir, a checkpoint prefix W/checkpoints/ckpt-N,
+or an export_hub.py export E or E/encoder; see supcon_tf/init_from.py):
+  python main.py --config=configs/digits.py --workdir=/tmp/supcon_digits
+  python main.py --config=configs/transfer.py:linear --config.init_from=/tmp/supcon_digits \
+      --workdir=/tmp/transfer_linear
+  python export_hub.py --workdir=/tmp/supcon_digits --export_dir=/tmp/supcon_digits_hub
+  python main.py --config=configs/transfer.py:finetune \
+      --config.init_from=/tmp/supcon_digits_hub/encoder --workdir=/tmp/transfer_ft
+  python main.py --config=configs/transfer.py:tiny_linear --config.init_from=W   # tests
+Another dataset: --config.data.name=image_folder --config.data.data_dir=DIR, or any
+TFDS name with --config.data.train_split=... --config.data.eval_split=...; for
+natural images add --config.data.hflip=True.
+
+The architecture (config.model) and the image size are the source's, read from its
+config.json or export_info.json; the values below are placeholders (those of
+configs/digits.py, the default source). Only the encoder's weights load; the
+classifier is fresh. A rerun of the same command resumes from the run's own
+checkpoints (workdir/checkpoints/ckpt-0 holds the loaded encoder), never the source.
+
+Expected: not yet measured.
+Hardware/time: 2 CPU cores, no accelerator, no network.
+"""
+
+import os
+import runpy
+
+BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py")
+MODES = ("linear", "finetune", "tiny_linear", "tiny_finetune")
+
+
+def get_config(arg=None):
+    """arg: "linear" (the default), "finetune", or "tiny_linear"/"tiny_finetune" (tests)."""
+    arg = arg or "linear"
+    if arg not in MODES:
+        raise ValueError(f"configs/transfer.py takes one of {', '.join(MODES)}; got {arg!r}")
+    # Everything not set here (augmentation fields, optimizer details, ...) as in digits.py.
+    config = runpy.run_path(BASE)["get_config"]()
+    # main.py stops with one line when --config.init_from=PATH is missing.
+    config.init_from_required = True
+
+    # --- data: small datasets; digits runs offline (set data.name / data_dir for yours)
+    config.data.num_views = 2
+    config.linear.data.num_views = 1
+    config.train.global_batch_size = 64
+    config.linear.global_batch_size = 64
+    config.eval.batch_size = 128
+    config.train.steps_per_loop = 10
+    config.train.log_every_steps = 50
+    config.train.checkpoint_every_steps = 200
+
+    if arg.endswith("linear"):
+        # No stage one: the encoder stays as loaded (workdir/checkpoints/ckpt-0). Its
+        # optimizer is still built and never steps; "piecewise" is a schedule defined
+        # for zero steps.
+        config.method = "supcon"
+        config.train.epochs = 0
+        config.optim.schedule = "piecewise"
+        config.optim.warmup_epochs = 0
+        # A classifier on fixed, un-augmented embeddings of the frozen encoder (the
+        # usual linear transfer protocol); "augmented" trains it on augmented views.
+        config.linear.protocol = "cached"
+        config.linear.bn_mode = "inference"
+        config.linear.epochs = 30
+        config.linear.optim.base_lr = 0.4  # x 64/256 = 0.1 at batch 64
+    else:
+        # Cross-entropy through the encoder from the loaded weights, fresh classifier.
+        config.method = "ce"
+        config.data.num_views = 1
+        config.loss.cross_entropy_views = "all"
+        config.train.epochs = 10
+        config.optim.base_lr = 0.4  # x 64/256 = 0.1 at batch 64
+        config.optim.warmup_epochs = 1
+        config.optim.weight_decay = 1e-4
+
+    if arg.startswith("tiny"):
+        config.train.epochs = min(config.train.epochs, 1)
+        config.linear.epochs = 2
+        config.train.steps_per_loop = 2
+        config.train.checkpoint_every_steps = 4
+        config.train.log_every_steps = 2
+        config.train.keep_checkpoints = 50  # tests read ckpt-0, the loaded encoder
+        config.eval.batch_size = 64
+    return config
