@@ -57,6 +57,9 @@ def get_config(arg=None):
     config.data.randaugment_layers = 2
     config.data.randaugment_magnitude = 10
     config.data.shuffle_buffer = 50000
+    # Class-balanced batches: each batch holds B / M classes with M images each;
+    # None: batches drawn uniformly, as in the paper.
+    config.data.samples_per_class = config_dict.placeholder(int)
 
     # --- model: networks/resnet_big.py's ResNet-50 and SupConResNet head
     config.model = ml_collections.ConfigDict()

@@ -48,6 +48,9 @@ def get_config(arg=None):
     config.data.randaugment_layers = 2
     config.data.randaugment_magnitude = 10
     config.data.shuffle_buffer = 2048
+    # Class-balanced batches: each batch holds B / M classes with M images each;
+    # None: batches drawn uniformly, as in the paper.
+    config.data.samples_per_class = ml_collections.config_dict.placeholder(int)
 
     # --- model: a narrow ResNet-18 with the CIFAR stem
     config.model = ml_collections.ConfigDict()

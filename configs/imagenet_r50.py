@@ -59,6 +59,9 @@ def get_config(arg=None):
     config.data.randaugment_layers = 2
     config.data.randaugment_magnitude = 10
     config.data.shuffle_buffer = 10000
+    # Class-balanced batches: each batch holds B / M classes with M images each;
+    # None: batches drawn uniformly, as in the paper.
+    config.data.samples_per_class = config_dict.placeholder(int)
 
     # --- model: ResNet v1 as the official resnet.py / blocks.py build it
     config.model = ml_collections.ConfigDict()

@@ -236,6 +236,34 @@ def _check_dataset(config):
             raise ConfigError(
                 f"config.{field}={batch} is larger than the {info.num_train_examples} examples "
                 f"of {data_config.name}'s {data_config.train_split!r} split; lower it")
+    _check_samples_per_class(config, info.num_classes)
+
+
+def _check_samples_per_class(config, num_classes):
+    """Class-balanced batches: M must divide each stage's batch into at most num_classes groups."""
+    stages = [("config.data", config.data, "train.global_batch_size",
+               config.train.global_batch_size)]
+    if _stage_two_runs(config):
+        stages.append(("stage two: config.linear.data", train_lib.stage_two_data_config(config),
+                       "linear.global_batch_size", config.linear.global_batch_size))
+    for where, data_config, field, batch in stages:
+        samples = data_config.get("samples_per_class")
+        if not samples:
+            continue  # None or 0: uniform batches
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ConfigError(f"{where}.samples_per_class={samples!r} must be None (uniform "
+                              "batches) or an integer >= 1 images per class")
+        if batch % samples:
+            raise ConfigError(
+                f"config.{field}={batch} is not a multiple of {where}.samples_per_class="
+                f"{samples}; set the batch to a multiple of it or samples_per_class to a "
+                "divisor of the batch")
+        if batch // samples > num_classes:
+            fewest = next(m for m in range(-(-batch // num_classes), batch + 1) if batch % m == 0)
+            raise ConfigError(
+                f"{where}.samples_per_class={samples} puts {batch // samples} classes in each "
+                f"batch of config.{field}={batch}, but {config.data.name} has {num_classes}; "
+                f"raise samples_per_class to {fewest} or more")
 
 
 def _check_workdir(workdir):

@@ -21,10 +21,11 @@ they are decoded to resume it.
 import dataclasses
 import sys
 
+import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from supcon_tf.data import augment
+from supcon_tf.data import balanced as balanced_lib
 from supcon_tf.data import sources
 from supcon_tf.data import views as views_lib
 from supcon_tf.data.sources import DatasetNotPreparedError  # noqa: F401  (part of the API)
@@ -186,6 +187,91 @@ def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_ex
     return _prefetch(dataset)
 
 
+def balanced_train_pipeline(keys, labels, spec, *, batch_size, samples_per_class, seed,
+                            examples_per_step=None, start_step=0, read=_no_read):
+    """Records in memory (keys [N], labels [N]) -> infinite class-balanced batches of V views.
+
+    Each step's examples_per_step (default batch_size) examples are K = E / M
+    classes with M = samples_per_class images each, grouped by class, in
+    batches of batch_size (a divisor of E). Step t is a pure function of
+    (seed, t), so start_step resumes without reading the steps before it.
+    An image that fails to decode is replaced by another one of its class
+    (counted and logged); a class whose M drawn images all fail stops the stream.
+    """
+    examples_per_step = examples_per_step or batch_size
+    classes_per_step = balanced_lib.check_samples_per_class(samples_per_class,
+                                                             examples_per_step)
+    sampler = balanced_lib.ClassBalancedSampler(labels, samples_per_class=samples_per_class,
+                                                classes_per_step=classes_per_step)
+    seed = tf.constant(seed, tf.int32)
+    sampler_seed = augment.fold_seed(seed, -2)  # -1 seeds the uniform stream's shuffle
+    keys = tf.constant(np.asarray(keys, dtype=object), tf.string)
+    labels = tf.constant(labels, tf.int32)
+
+    def decode(index, position):
+        crop_seed, augment_seed = views_lib.stage_seeds(augment.fold_seed(seed, index))
+        return {"views": views_lib.crop_views(read(tf.gather(keys, position)), crop_seed, spec),
+                "augment_seed": augment_seed, "label": tf.gather(labels, position),
+                "_index": index}
+
+    def augment_views(element):
+        return {"views": views_lib.augment_views(element["views"], element["augment_seed"], spec),
+                "label": element["label"], "_index": element["_index"]}
+
+    probe = tf.data.Dataset.range(len(labels)).enumerate()
+    require_decodable(probe, lambda index, position: decode(index, position))
+
+    def step_groups(step):
+        indices = step * examples_per_step + tf.range(examples_per_step, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.reshape(indices, [classes_per_step, samples_per_class]),
+             sampler.positions(sampler_seed, step)))
+
+    def group(indices, positions):
+        # Failed images are dropped and the class's others repeated to fill its M.
+        return (tf.data.Dataset.from_tensor_slices((indices, positions))
+                .map(_plain_graph(decode)).ignore_errors(log_warning=True)
+                .repeat().take(samples_per_class))
+
+    dataset = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    dataset = dataset.flat_map(_plain_graph(step_groups)).interleave(
+        _plain_graph(group), block_length=samples_per_class,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(_plain_graph(augment_views), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    dataset = dataset.batch(examples_per_step, drop_remainder=True)
+
+    @_plain_graph
+    def count_replaced(state, batch):
+        step, total = state
+        indices = batch.pop("_index")
+        aligned = tf.debugging.assert_equal(
+            indices // examples_per_step, step,
+            message=f"all {samples_per_class} images drawn for one class failed to decode "
+                    "(config.data.samples_per_class); check the class folders or the dataset")
+        replaced = examples_per_step - tf.size(tf.unique(indices).y, out_type=tf.int64)
+        total += replaced
+
+        def log_replaced():
+            log = tf.print("supcon_tf.data: replaced", replaced, "images that failed to decode "
+                           "by others of their class; replaced so far:", total,
+                           output_stream=sys.stderr)
+            with tf.control_dependencies([log]):
+                return tf.constant(True)
+
+        with tf.control_dependencies([aligned]):
+            logged = tf.cond(replaced > 0, log_replaced, lambda: tf.constant(False))
+        with tf.control_dependencies([logged]):
+            batch = tf.nest.map_structure(tf.identity, batch)
+        return (step + 1, total), batch
+
+    start = (tf.constant(start_step, tf.int64), tf.constant(0, tf.int64))
+    dataset = dataset.scan(start, count_replaced)
+    if batch_size != examples_per_step:
+        dataset = dataset.unbatch().batch(batch_size, drop_remainder=True)
+    return _prefetch(dataset)
+
+
 def eval_pipeline(records, spec, *, batch_size, read=_no_read):
     """Records -> the whole split, one view, batches padded to batch_size with a mask."""
     size = spec.image_size
@@ -241,7 +327,9 @@ def build_train_dataset(data_config, *, global_batch_size, seed, input_context=N
 
     b is the per-replica batch. The stream is a pure function of (seed, input
     pipeline); start_step=k gives the same stream with its first k steps left out,
-    skipped before decoding.
+    skipped before decoding. With config.data.samples_per_class=M, each pipeline's
+    step holds E / M classes with M images each (E = global batch / pipelines), and
+    the stream is a pure function of (seed, pipeline, step); see balanced.py.
     """
     source = sources.source(data_config)
     spec = views_lib.ViewSpec.from_data_config(data_config, jpeg=source.is_jpeg)
@@ -249,6 +337,13 @@ def build_train_dataset(data_config, *, global_batch_size, seed, input_context=N
         raise ValueError(f"start_step={start_step} must be >= 0")
     batch_size, examples_per_step = _batch_sizes(global_batch_size, input_context)
     pipeline_id = input_context.input_pipeline_id if input_context else 0
+    samples_per_class = data_config.get("samples_per_class")
+    if samples_per_class:
+        keys, labels = source.labeled_keys(data_config.train_split, input_context=input_context)
+        return balanced_train_pipeline(
+            keys, labels, spec, batch_size=batch_size, examples_per_step=examples_per_step,
+            samples_per_class=int(samples_per_class), seed=(seed, pipeline_id),
+            start_step=start_step, read=source.read)
     records = source.records(data_config.train_split, shuffle_seed=seed,
                              input_context=input_context)
     return train_pipeline(
