@@ -14,11 +14,11 @@ Fails with a one-line error and a nonzero exit code if W has no checkpoint, the
 checkpoint does not match W/config.json, or E exists and --overwrite is not given.
 """
 
-import sys
-
 from absl import app, flags, logging
 
-from supcon_tf import export
+from supcon_tf import cli
+
+cli.quiet_tensorflow_startup()  # before TensorFlow loads; see supcon_tf/cli.py
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (has config.json, checkpoints/).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Directory to write the SavedModels into.")
@@ -30,24 +30,24 @@ flags.mark_flags_as_required(["workdir", "export_dir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.parse_flags refused positional arguments
+    cli.show_library_info_off(__file__)
+    cli.import_tensorflow_quietly()  # its start-up lines are dropped; see supcon_tf/cli.py
+    from supcon_tf import export  # after the flags parse: a bad flag fails before TF loads
+
     try:
         info = export.export_from_workdir(
             _WORKDIR.value, _EXPORT_DIR.value,
             checkpoint=_CHECKPOINT.value, overwrite=_OVERWRITE.value,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        # One clear line instead of a traceback: these are all user-fixable.
-        print(f"export_hub.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
+        cli.fail(e, 1)  # one line instead of a traceback: these are all user-fixable
     logging.info(
         "Exported %s (classifier head: %s) to %s",
         info["checkpoint"], info["classifier_head"], _EXPORT_DIR.value,
     )
     print(f"exported {', '.join(info['exports'])} to {_EXPORT_DIR.value}")
-    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

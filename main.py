@@ -27,9 +27,12 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from supcon_tf import config_validation, describe  # noqa: E402
-from supcon_tf import strategy as strategy_lib  # noqa: E402
-from supcon_tf import train  # noqa: E402
+from supcon_tf import cli  # noqa: E402
+
+cli.quiet_tensorflow_startup()  # before TensorFlow loads; see supcon_tf/cli.py
+
+# train.MODES plus describe; spelled out so that flags parse before TensorFlow loads.
+MODES = ("train", "eval", "train_then_eval", "describe")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/digits.py or configs/digits.py:tiny; "
@@ -41,7 +44,7 @@ _TPU = flags.DEFINE_string(
     "tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM. Unset: GPUs if any, "
     "else the CPU; with TF_CONFIG set, multi-worker mirrored.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train_then_eval", train.MODES + ("describe",),
+    "mode", "train_then_eval", MODES,
     "train: stage one only; eval: stage two on the latest checkpoint; describe: print the "
     "effective recipe as one JSON line, without data or training.")
 flags.mark_flag_as_required("config")
@@ -54,40 +57,26 @@ def default_workdir(config_argument):
     return os.path.join("runs", f"{name}_{arg}" if arg else name)
 
 
-def fail(message, status):
-    """One line on stderr, no traceback."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(status)
-
-
 def parse_flags(argv):
-    """absl's parsing, with a bad --config file or field as one line and exit status 2.
-
-    config_flags raises while parsing an unknown --config.FIELD, and defers a config
-    file that fails to load until its value is read, so it is read here.
-    """
-    try:
-        remaining = flags.FLAGS(argv)
-        _CONFIG.value.keys()  # a file that failed to load raises on first use
-    except flags.Error as error:
-        # A get_config() that raised comes with its traceback; its last line says it.
-        fail(f"{str(error).strip().splitlines()[-1]} (see python main.py --help)", 2)
-    except (AttributeError, KeyError) as error:
-        fail(f"{error} is not a field of the config; check the --config.FIELD=VALUE "
-             "spelling against the config file", 2)
-    except (OSError, ValueError, TypeError) as error:
-        fail(f"--config: {error}", 2)
-    return remaining
+    return cli.parse_flags(argv, config_flags=[_CONFIG])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # parse_flags refused positional arguments
+    cli.show_library_info_off(__file__)
+    # Imported after the flags parse, so a bad flag fails before TensorFlow loads.
+    startup_log = cli.import_tensorflow_quietly()
+    import tensorflow as tf
+
+    from supcon_tf import config_validation, describe
+    from supcon_tf import strategy as strategy_lib
+    from supcon_tf import train
+
     if _MODE.value == "describe":
         try:
             recipe = describe.describe(_CONFIG.value)
         except ValueError as error:
-            fail(error, 2)
+            cli.fail(error, 2)
         print(json.dumps(recipe, sort_keys=True))
         return
     workdir = _WORKDIR.value or default_workdir(
@@ -95,19 +84,24 @@ def main(argv):
     if _TPU.value and _TPU.value != "local" and not workdir.startswith("gs://"):
         logging.warning("a remote TPU cannot write to the local workdir %s; use gs://", workdir)
     logging.info("workdir %s, mode %s", workdir, _MODE.value)
-    strategy = strategy_lib.make_strategy(_TPU.value)
+    try:
+        strategy = strategy_lib.make_strategy(_TPU.value)
+    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as error:
+        cli.fail(f"--tpu={_TPU.value} cannot be used ({str(error).splitlines()[0]}); check "
+                 "the TPU name or address, or leave --tpu out to run on the GPUs or the CPU", 2)
     try:
         config_validation.validate(_CONFIG.value, num_replicas=strategy.num_replicas_in_sync,
                                    workdir=workdir)
     except config_validation.ConfigError as error:
-        fail(error, 2)
+        cli.fail(error, 2)
+    cli.save_startup_log(workdir, startup_log)
     try:
         train.run(_CONFIG.value, workdir, strategy, _MODE.value, start_time=START_TIME)
     except train.Preempted as preempted:
         logging.warning("%s", preempted)
         sys.exit(143)
     except (FloatingPointError, FileNotFoundError) as error:  # divergence; eval without a run
-        fail(error, 1)
+        cli.fail(error, 1)
 
 
 if __name__ == "__main__":

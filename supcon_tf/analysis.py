@@ -25,7 +25,6 @@ weight exp(similarity / 0.07), k = 200 (clipped to the training-set size).
 
 import json
 import posixpath
-import sys
 
 import matplotlib
 import matplotlib.figure
@@ -260,6 +259,8 @@ def _main():
     from absl import app, flags
     from ml_collections import config_flags
 
+    from supcon_tf import cli
+
     export_dir = flags.DEFINE_string("export_dir", None, "Directory written by export_hub.py.")
     output_dir = flags.DEFINE_string(
         "output_dir", None, "Where to write summary.json, projector/ and the plot."
@@ -268,24 +269,23 @@ def _main():
         "config", None, "Config with data, linear and eval slices; default: the export's own."
     )
     data_dir = flags.DEFINE_string("data_dir", None, "Overrides config.data.data_dir.")
-    k = flags.DEFINE_integer("k", KNN_K, "Neighbours for the kNN classifier.")
+    k = flags.DEFINE_integer("k", KNN_K, "Neighbours for the kNN classifier.", lower_bound=1)
     plot_method = flags.DEFINE_enum("plot_method", "pca", ["pca", "tsne"], "2-D projection.")
     flags.mark_flags_as_required(["export_dir", "output_dir"])
 
     def run(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        del argv  # cli.parse_flags refused positional arguments
         try:
             summary = run_analysis(
                 export_dir.value, output_dir.value, config=config.value,
                 data_dir=data_dir.value, k=k.value, plot_method=plot_method.value,
             )
-        except (FileNotFoundError, ValueError) as error:  # not an export, data not prepared
-            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-            sys.exit(2)
+        # Not an export, data not prepared, an output_dir that cannot be written.
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            cli.fail(error, 2)
         print(json.dumps(summary, sort_keys=True))
 
-    app.run(run)
+    app.run(run, flags_parser=lambda argv: cli.parse_flags(argv, config_flags=[config]))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ architecture, augmentation, method or optimizer there is enough.
 
 import uuid
 
+import keras
 import tensorflow as tf
 
 from supcon_tf import data as data_lib
@@ -40,9 +41,13 @@ def validate(config, *, num_replicas, workdir):
     _check_init_from(config)
     config = init_from_lib.with_architecture(config)
     _check_names(config)
+    _check_value_types(config)
     _check_optimizers(config)
     _check_batches(config, num_replicas)
     _check_epochs(config)
+    _check_counts(config)
+    _check_train_options(config)
+    _check_model_sizes(config.model)
     _check_loss(config.loss, num_views=config.data.num_views)
     _check_model(config.model)
     _check_data_fields(config)
@@ -150,6 +155,130 @@ def _check_epochs(config):
                               "the training split")
 
 
+# A config file can give any field any type; --config.FIELD=VALUE overrides are parsed
+# to the field's type already. Each group lists the fields its check reads.
+_SWITCHES = ("data.hflip", "data.blur", "model.cifar_stem", "model.sync_bn",
+             "model.zero_init_last_bn", "model.normalize_embedding", "model.projection_bn",
+             "model.projection_output_bias", "optim.decay_batch_norm",
+             "linear.optim.decay_batch_norm")
+_INTEGERS = ("seed", "data.image_size", "data.num_views", "data.randaugment_layers",
+             "data.randaugment_magnitude", "data.shuffle_buffer", "train.global_batch_size",
+             "train.steps_per_loop", "train.checkpoint_every_steps", "train.keep_checkpoints",
+             "train.log_every_steps", "linear.global_batch_size", "eval.batch_size",
+             "loss.positives_cap", "loss.block_size")
+_OPTIM_NUMBERS = ("base_lr", "momentum", "rho", "epsilon", "weight_decay", "warmup_epochs",
+                  "warmup_start_lr", "min_lr_ratio", "decay_every_epochs", "decay_rate")
+_NUMBERS = ("data.crop_area_min", "data.color_strength", "data.blur_probability",
+            "model.width_multiplier", "loss.temperature", "loss.base_temperature",
+            "loss.label_smoothing", "linear.label_smoothing", "train.epochs",
+            "linear.epochs") + tuple(f"{prefix}.{name}" for prefix in ("optim", "linear.optim")
+                                     for name in _OPTIM_NUMBERS)
+_NUMBER_LISTS = ("model.input_mean", "model.input_std", "model.projection_dims",
+                 "optim.decay_epochs", "linear.optim.decay_epochs")
+_STRINGS = ("data.train_split", "data.eval_split")
+# Placeholders that may stay None (unset).
+_OPTIONAL = ("loss.positives_cap", "loss.block_size", "loss.base_temperature")
+_MISSING = object()
+
+
+def _lookup(config, dotted):
+    for name in dotted.split("."):
+        if name not in config:
+            return _MISSING
+        config = config[name]
+    return config
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_value_types(config):
+    def values(fields):
+        for field in fields:
+            value = _lookup(config, field)
+            if value is not _MISSING and not (value is None and field in _OPTIONAL):
+                yield field, value
+
+    for field, value in values(_SWITCHES):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config.{field}={value!r} must be True or False")
+    for field, value in values(_INTEGERS):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"config.{field}={value!r} must be an integer")
+    for field, value in values(_NUMBERS):
+        if not _is_number(value):
+            raise ConfigError(f"config.{field}={value!r} must be a number")
+    for field, value in values(_NUMBER_LISTS):
+        if isinstance(value, str) or not all(_is_number(v) for v in _iterable(value)):
+            raise ConfigError(f"config.{field}={value!r} must be a tuple of numbers")
+    for field, value in values(_STRINGS):
+        if not isinstance(value, str):
+            raise ConfigError(f"config.{field}={value!r} must be a split name such as 'train'")
+    data_dir = _lookup(config, "data.data_dir")
+    if data_dir is not None and data_dir is not _MISSING and not isinstance(data_dir, str):
+        raise ConfigError(f"config.data.data_dir={data_dir!r} must be a directory path or None "
+                          "(~/tensorflow_datasets)")
+
+
+def _iterable(value):
+    try:
+        return list(value)
+    except TypeError:
+        return [None]  # not a sequence: fails the element check
+
+
+def _check_counts(config):
+    """Integer fields that no other check bounds, with the smallest value each accepts."""
+    largest_seed = 2**32 - 1 - train_lib.STAGE_TWO_SEED_OFFSET  # NumPy seeds are uint32
+    if not 0 <= config.seed <= largest_seed:
+        raise ConfigError(f"config.seed={config.seed} must be in [0, {largest_seed}]")
+    for field, smallest, meaning in (
+            ("data.shuffle_buffer", 0, "0 or 1 turns shuffling off"),
+            ("train.steps_per_loop", 1, "steps run per call of the compiled loop"),
+            ("train.checkpoint_every_steps", 0, "0 saves only at the end of a stage"),
+            ("train.keep_checkpoints", 1, "how many recent checkpoints stay on disk"),
+            ("train.log_every_steps", 0, "0 logs only the last step")):
+        value = _lookup(config, field)
+        if value is not _MISSING and value < smallest:
+            raise ConfigError(f"config.{field}={value} must be >= {smallest} ({meaning})")
+
+
+def _check_train_options(config):
+    jit = config.train.jit_compile
+    # An override --config.train.jit_compile=true arrives as a string: the field holds "auto".
+    if not (isinstance(jit, bool) or jit == "auto"
+            or (isinstance(jit, str) and jit.lower() in ("true", "false"))):
+        raise ConfigError(f"config.train.jit_compile={jit!r} must be True, False or 'auto' "
+                          "(XLA on a TPU or a GPU, not on a CPU)")
+    policy = config.train.mixed_precision
+    if policy is not None:
+        try:
+            keras.mixed_precision.Policy(policy)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(
+                f"config.train.mixed_precision={policy!r} is not a Keras dtype policy; use None "
+                "(float32), 'mixed_bfloat16' (TPU) or 'mixed_float16' (GPU)") from err
+
+
+def _check_model_sizes(model_config):
+    width = model_config.width_multiplier
+    if not width > 0:
+        raise ConfigError(f"config.model.width_multiplier={width} must be > 0 (1.0: the "
+                          "published widths)")
+    dims = tuple(model_config.projection_dims)
+    if not dims or any(d != int(d) or d < 1 for d in dims):
+        raise ConfigError(f"config.model.projection_dims={dims} must list the head's widths "
+                          "(hidden..., output), each an integer >= 1, e.g. (2048, 128)")
+    if model_config.name in vit_lib.VIT_CONFIGS:
+        if model_config.cifar_stem:
+            raise ConfigError(f"config.model.cifar_stem=True applies to ResNets only, not "
+                              f"{model_config.name}; set it to False")
+        if width != 1.0:
+            raise ConfigError(f"config.model.width_multiplier={width} must be 1.0 for "
+                              f"{model_config.name} (ViTs have fixed widths)")
+
+
 def _check_loss(loss_config, *, num_views):
     if not loss_config.temperature > 0:
         raise ConfigError(
@@ -227,7 +356,9 @@ def _check_dataset(config):
     try:
         info = data_lib.dataset_info(data_config)
     except (ValueError, OSError, tf.errors.OpError) as err:
-        raise ConfigError(f"config.data.name={data_config.name!r}: {_one_line(err)}") from err
+        raise ConfigError(
+            f"config.data.name={data_config.name!r} (train_split={data_config.train_split!r}, "
+            f"eval_split={data_config.eval_split!r}): {_one_line(err)}") from err
     batches = [("train.global_batch_size", config.train.global_batch_size)]
     if _stage_two_runs(config):
         batches.append(("linear.global_batch_size", config.linear.global_batch_size))

@@ -267,7 +267,7 @@ def test_cli_without_checkpoint_fails_with_one_line(tmp_path, exported):
         (workdir / "config.json").write_text(f.read())
     result = run_export_hub(f"--workdir={workdir}", f"--export_dir={tmp_path / 'hub'}")
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("export_hub.py:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "no checkpoint in" in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "hub").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,27 @@ def test_main_trains_evaluates_and_writes_results(tmp_path):
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((workdir / "results.json").read_text())["steps"] == results["steps"]
+
+
+# What TensorFlow and other libraries print at start-up, as main.py printed it before.
+START_UP_NOISE = ("absl::InitializeLog", "cudart_stub.cc", "cpu_feature_guard.cc",
+                  "cuda_platform.cc", "service.cc", "dataset_info.py", "reader.py",
+                  "functional_saver.py")
+
+
+@pytest.mark.slow
+def test_main_shows_the_run_not_tensorflows_start_up(tmp_path):
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # main.py's own default
+    done = subprocess.run([sys.executable, "main.py", "--config=configs/digits.py:tiny",
+                           f"--workdir={tmp_path}", "--mode=train"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    progress = [line for line in done.stderr.splitlines()
+                if re.search(r"step \d+/\d+ .*loss .*steps/s .*ETA", line)]
+    assert len(progress) >= 2, done.stderr[-3000:]
+    noise = [line for line in done.stderr.splitlines() if any(n in line for n in START_UP_NOISE)]
+    assert not noise, "\n".join(noise)
 
 
 def test_default_workdir_follows_the_config_name():

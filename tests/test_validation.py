@@ -158,6 +158,7 @@ def test_image_size_too_small_for_architecture(tmp_path, model_name, cifar_stem,
     config = tiny_config()
     config.model.name = model_name
     config.model.cifar_stem = cifar_stem
+    config.model.width_multiplier = 1.0  # a ViT's only width
     config.data.image_size = image_size
     message = error_for(config, workdir=str(tmp_path))
     assert f"config.data.image_size={image_size}" in message
@@ -168,6 +169,7 @@ def test_image_size_too_small_for_architecture(tmp_path, model_name, cifar_stem,
 def test_vit_image_size_must_be_whole_patches(tmp_path):
     config = tiny_config()
     config.model.name, config.model.cifar_stem, config.data.image_size = "vit_b16", False, 40
+    config.model.width_multiplier = 1.0
     message = error_for(config, workdir=str(tmp_path))
     assert "config.data.image_size=40" in message and "patch" in message
 
