@@ -1,9 +1,10 @@
 """What the command-line entry points share: one-line errors and a terminal that shows the run.
 
 main.py and export_hub.py call `quiet_tensorflow_startup` before anything imports
-TensorFlow, parse their flags with `parse_flags`, and call `show_library_info_off`
-once absl's logging is set up. This module imports no TensorFlow, so a bad flag
-fails in a fraction of a second.
+TensorFlow, parse their flags with `parse_flags`, call `show_library_info_off` once
+absl's logging is set up, and only then load TensorFlow, with
+`import_tensorflow_quietly`. This module imports no TensorFlow, so a bad flag fails
+in a fraction of a second.
 
 What stays off the terminal, and how to bring it back:
 - TensorFlow's C++ log (CUDA stub probes, XLA service lines, CPU feature notices):
