@@ -147,7 +147,7 @@ FIELD_CASES = [
     case("eval.batch_size", "64"),
     # --- fields added after this table was written: add their rows here.
     case("init_from", A_FILE),
-    case("data.samples_per_class", 0),
+    case("data.samples_per_class", -1),
 ]
 
 # Leaves that no value can make unworkable; each needs a reason. (None yet.)
