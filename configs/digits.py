@@ -70,6 +70,8 @@ def get_config(arg=None):
     config.model.projection_output_bias = True
     config.model.head_init = "pytorch_default"
     config.model.classifier_init = "glorot_uniform"
+    # EMA rate of the momentum key encoder; used only when loss.queue_size > 0
+    config.model.momentum = 0.99
 
     # --- loss
     config.loss = ml_collections.ConfigDict()
@@ -82,6 +84,10 @@ def get_config(arg=None):
     config.loss.block_size = ml_collections.config_dict.placeholder(int)
     config.loss.label_smoothing = 0.0
     config.loss.cross_entropy_views = "all"
+    # MoCo-style queue of momentum-encoder keys as extra contrasts (0: off)
+    config.loss.queue_size = 0
+    # weight of a cross-entropy through the encoder (0: the classifier is a stop-gradient monitor)
+    config.loss.cross_entropy_weight = 0.0
 
     # --- optimizer (stage one)
     config.optim = ml_collections.ConfigDict()

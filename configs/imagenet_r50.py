@@ -79,6 +79,8 @@ def get_config(arg=None):
     config.model.projection_output_bias = False
     config.model.head_init = "normal_0.01"
     config.model.classifier_init = "glorot_uniform"
+    # EMA rate of the momentum key encoder; used only when loss.queue_size > 0
+    config.model.momentum = 0.999
 
     # --- loss
     config.loss = ml_collections.ConfigDict()
@@ -91,6 +93,10 @@ def get_config(arg=None):
     config.loss.block_size = config_dict.placeholder(int)
     config.loss.label_smoothing = 0.05  # the CE of method "ce" and of stage two
     config.loss.cross_entropy_views = "first"
+    # MoCo-style queue of momentum-encoder keys as extra contrasts (0: off)
+    config.loss.queue_size = 0
+    # weight of a cross-entropy through the encoder (0: the classifier is a stop-gradient monitor)
+    config.loss.cross_entropy_weight = 0.0
 
     # --- optimizer (stage one); lr = base_lr * global_batch / 256
     config.optim = ml_collections.ConfigDict()

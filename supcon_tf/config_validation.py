@@ -49,6 +49,7 @@ def validate(config, *, num_replicas, workdir):
     _check_train_options(config)
     _check_model_sizes(config.model)
     _check_loss(config.loss, num_views=config.data.num_views)
+    _check_momentum_queue(config)
     _check_model(config.model)
     _check_data_fields(config)
     _check_image_size(config)
@@ -301,6 +302,38 @@ def _check_loss(loss_config, *, num_views):
     if not 0 <= loss_config.label_smoothing < 1:
         raise ConfigError(
             f"config.loss.label_smoothing={loss_config.label_smoothing} must be in [0, 1)")
+
+
+def _check_momentum_queue(config):
+    """loss.queue_size, model.momentum and loss.cross_entropy_weight (supcon_tf/momentum.py)."""
+    loss_config = config.loss
+    queue_size, momentum = loss_config.queue_size, config.model.momentum
+    if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 0:
+        raise ConfigError(f"config.loss.queue_size={queue_size!r} must be an integer >= 0 "
+                          "(0: no momentum queue)")
+    weight = loss_config.cross_entropy_weight
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ConfigError(f"config.loss.cross_entropy_weight={weight!r} must be a number >= 0 "
+                          "(0: the classifier only monitors)")
+    if config.method == "ce" and (queue_size or weight):
+        raise ConfigError(
+            "config.loss.queue_size and config.loss.cross_entropy_weight apply to supcon and "
+            "simclr; method='ce' trains on cross-entropy alone, so set both to 0")
+    if not queue_size:
+        return
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (
+            0 <= momentum < 1):
+        raise ConfigError(f"config.model.momentum={momentum!r} must be in [0, 1): the key "
+                          "encoder's EMA rate (e.g. 0.999)")
+    keys_per_step = config.train.global_batch_size * config.data.num_views
+    if queue_size < keys_per_step:
+        raise ConfigError(
+            f"config.loss.queue_size={queue_size} is smaller than the {keys_per_step} keys "
+            "one step enqueues (train.global_batch_size x data.num_views); set it to at least "
+            f"{keys_per_step}, or 0 for no queue")
+    if loss_config.positives_cap is not None:
+        raise ConfigError("config.loss.positives_cap does not combine with a queue; set "
+                          "config.loss.positives_cap=None or config.loss.queue_size=0")
 
 
 def _check_model(model_config):

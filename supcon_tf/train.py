@@ -50,6 +50,7 @@ from absl import logging
 from tensorflow.core.framework import summary_pb2
 
 from supcon_tf import data, evaluate, init_from, models, optim
+from supcon_tf import momentum as momentum_lib
 from supcon_tf import strategy as strategy_lib
 from supcon_tf.losses import supcon_loss
 
@@ -175,6 +176,10 @@ def build_stage_one(config, strategy, *, num_classes, num_train_examples):
             batch_norm_variables=optim.batch_norm_variables(model),
             exempt_variables=decay_exempt_variables(model, config.method))
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        if config.loss.queue_size:  # the key model and queue: checkpoint.momentum
+            checkpoint.momentum = momentum_lib.MomentumQueue.build(
+                config.model, model, queue_size=config.loss.queue_size,
+                num_classes=num_classes, image_size=config.data.image_size)
     return model, optimizer, checkpoint, per_epoch
 
 
@@ -187,20 +192,39 @@ def _static_batch(batch, batch_size):
     return images, labels, num_views
 
 
-def make_replica_step(config, model, optimizer, num_replicas):
-    """Stage one's per-replica step: forward, loss, gradient, optimizer update; returns metrics."""
+def make_replica_step(config, model, optimizer, num_replicas, *, momentum=None,
+                      queue_in_loss=True):
+    """Stage one's per-replica step: forward, loss, gradient, optimizer update; returns metrics.
+
+    With a momentum_lib.MomentumQueue (checkpoint.momentum of build_stage_one), the step
+    first moves the key encoder towards the model, computes the keys of its views, passes
+    the queue to the loss as extra contrasts (when queue_in_loss) and finally enqueues the
+    keys of every replica.
+    """
     method = config.method
     if method not in METHODS:
         raise ValueError(f"method={method!r}; use one of {METHODS}")
     variables = trained_variables(model, method)
     loss_config = config.loss
     batch_size = config.train.global_batch_size // num_replicas
+    # Joint training (the official stage-one cross_entropy_weight): the classifier reads
+    # head_input(r) without stop_gradient and weight * its cross-entropy trains the encoder
+    # too. At 0 it stays the stop-gradient monitor of ContrastiveModel.
+    ce_weight = loss_config.cross_entropy_weight
 
     def replica_step(batch):
         images, labels, num_views = _static_batch(batch, batch_size)
         # Sample-major, like the views: row b * V + v is view v of sample b.
         view_labels = tf.repeat(labels, num_views)
         ce_labels = select_views(view_labels, num_views, loss_config.cross_entropy_views)
+        queue = {}
+        if momentum is not None:
+            momentum.update_key_encoder()
+            keys = momentum.keys(images, batch_size)
+            if queue_in_loss:
+                queue = {"queue_features": momentum.features.read_value(),
+                         "queue_labels": momentum.labels.read_value() if method == "supcon"
+                         else None}
         with tf.GradientTape() as tape:
             if method == "ce":
                 embedding = tf.cast(model.encoder(images, training=True), tf.float32)
@@ -210,8 +234,11 @@ def make_replica_step(config, model, optimizer, num_replicas):
                     ce_labels, logits, loss_config.label_smoothing)
             else:
                 outputs = model(images, training=True)
-                logits = select_views(outputs["logits"], num_views,
-                                      loss_config.cross_entropy_views)
+                logits = outputs["logits"]
+                if ce_weight:
+                    logits = tf.cast(model.classifier(model.head_input(outputs["embedding"])),
+                                     tf.float32)
+                logits = select_views(logits, num_views, loss_config.cross_entropy_views)
                 projections = tf.reshape(outputs["projection"], [batch_size, num_views, -1])
                 loss = supcon_loss(
                     projections, labels if method == "supcon" else None,
@@ -220,14 +247,21 @@ def make_replica_step(config, model, optimizer, num_replicas):
                     contrast_mode=loss_config.contrast_mode, variant=loss_config.variant,
                     block_size=loss_config.block_size,
                     denominator_mode=loss_config.denominator_mode,
-                    positives_cap=loss_config.positives_cap)
-                classifier_loss = cross_entropy(ce_labels, logits)
-                loss_to_minimize = loss + classifier_loss
+                    positives_cap=loss_config.positives_cap, **queue)
+                if ce_weight:
+                    classifier_loss = cross_entropy(ce_labels, logits,
+                                                    loss_config.label_smoothing)
+                    loss_to_minimize = loss + ce_weight * classifier_loss
+                else:
+                    classifier_loss = cross_entropy(ce_labels, logits)
+                    loss_to_minimize = loss + classifier_loss
             scaled_loss = loss_to_minimize / num_replicas
         grads = tape.gradient(scaled_loss, variables)
         finite = tf.logical_and(tf.math.is_finite(loss_to_minimize),
                                 tf.math.is_finite(tf.linalg.global_norm(grads)))
         optimizer.apply_gradients(zip(grads, variables))
+        if momentum is not None:
+            momentum.enqueue(keys, labels)
         return {"loss": loss, "classifier_loss": classifier_loss,
                 "top1": tf.reduce_mean(top1_hits(ce_labels, logits)),
                 "finite": tf.cast(finite, tf.float32)}
@@ -478,16 +512,34 @@ def train(config, workdir, strategy, *, num_classes, num_train_examples):
     """
     model, optimizer, checkpoint, per_epoch = build_stage_one(
         config, strategy, num_classes=num_classes, num_train_examples=num_train_examples)
-    stage = Stage(
-        name="stage one", checkpoint_subdir="checkpoints", summary_subdir="train",
-        replica_step=make_replica_step(config, model, optimizer,
-                                       strategy.num_replicas_in_sync),
-        metric_names=STAGE_ONE_METRICS, optimizer=optimizer, checkpoint=checkpoint,
-        data_config=config.data, seed=config.seed,
-        global_batch_size=config.train.global_batch_size,
-        total_steps=optim.epochs_to_steps(config.train.epochs, per_epoch),
-        steps_per_epoch=per_epoch, initialize=init_from.initializer(config, model.encoder))
-    return model, run_stage(stage, config, workdir, strategy)
+    momentum = getattr(checkpoint, "momentum", None)
+    initialize = init_from.initializer(config, model.encoder)
+    total_steps = optim.epochs_to_steps(config.train.epochs, per_epoch)
+    # (name, last step, whether the loss sees the queue): a queue enters the loss once
+    # every slot holds a key, so its empty slots never count as contrasts.
+    phases = [("stage one", total_steps, True)]
+    if momentum is not None:
+        if initialize is not None:
+            initialize_model = initialize
+
+            def initialize():  # the key encoder starts as a copy of the initialized model
+                initialize_model()
+                momentum.copy_query_weights()
+        fill_steps = momentum_lib.steps_to_fill(
+            config.loss.queue_size, config.train.global_batch_size * config.data.num_views)
+        phases.insert(0, ("stage one (filling the queue)", min(fill_steps, total_steps), False))
+    for name, last_step, queue_in_loss in phases:
+        stage = Stage(
+            name=name, checkpoint_subdir="checkpoints", summary_subdir="train",
+            replica_step=make_replica_step(config, model, optimizer,
+                                           strategy.num_replicas_in_sync, momentum=momentum,
+                                           queue_in_loss=queue_in_loss),
+            metric_names=STAGE_ONE_METRICS, optimizer=optimizer, checkpoint=checkpoint,
+            data_config=config.data, seed=config.seed,
+            global_batch_size=config.train.global_batch_size, total_steps=last_step,
+            steps_per_epoch=per_epoch, initialize=initialize)
+        step = run_stage(stage, config, workdir, strategy)
+    return model, step
 
 
 def train_stage_two(config, workdir, strategy, model, *, num_classes, num_train_examples):
