@@ -147,6 +147,9 @@ FIELD_CASES = [
     case("eval.batch_size", "64"),
     # --- fields added after this table was written: add their rows here.
     case("init_from", A_FILE),
+    case("loss.queue_size", -1),
+    case("loss.cross_entropy_weight", -1.0),
+    case("model.momentum", 1.0, loss__queue_size=1024),
     case("data.samples_per_class", -1),
 ]
 
@@ -296,7 +299,9 @@ def test_entry_point_exits_with_one_error_line(entry_point_runs, name):
         assert not others, output[-3000:]
 
 
-def test_main_modes_are_train_modes_and_describe():
+def test_main_modes_are_train_modes_and_describe(monkeypatch):
+    # main.py sets TF_CPP_MIN_LOG_LEVEL on import; keep it out of later tests' subprocesses.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
     sys.path.insert(0, REPO)
     try:
         import main

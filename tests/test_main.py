@@ -60,7 +60,9 @@ def test_main_shows_the_run_not_tensorflows_start_up(tmp_path):
     assert not noise, "\n".join(noise)
 
 
-def test_default_workdir_follows_the_config_name():
+def test_default_workdir_follows_the_config_name(monkeypatch):
+    # main.py sets TF_CPP_MIN_LOG_LEVEL on import; keep it out of later tests' subprocesses.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
     sys.path.insert(0, REPO)
     try:
         import main
