@@ -31,6 +31,12 @@ A queue of extra contrasts (a momentum encoder's keys) is appended after the
 global batch as one-view samples that are never anchors: the same masks and
 class sums cover it, and it receives no gradient.
 
+Weighted positives (a [B, B_global] mask, or multi-hot labels turned into
+one) replace the 0/1 masks by weights: the positives' term of L_out takes
+per-sample sums weighted by the mask (a [B, samples] x [samples, D] matmul),
+L_in's numerator is a log-sum-exp with log w_ia added to the logits, and the
+blockwise path gathers each block's mask rows, so the memory bound holds.
+
 Denominators of the negatives only, or of the negatives and the kept
 positives, take the same path with another mask. With denominator_mode
 "one_positive" each (anchor, positive) pair has its own denominator, so the
@@ -67,6 +73,7 @@ def supcon_loss(
     block_size=None,
     denominator_mode="all",
     positives_cap=None,
+    mask=None,
     queue_features=None,
     queue_labels=None,
 ):
@@ -75,6 +82,13 @@ def supcon_loss(
     For an anchor i, P(i) are its positives (the other views of its own sample
     and, with labels, every view of the other samples of its class), the
     negatives are the views of other classes, and s_ia = z_i . z_a / tau.
+
+    Weighted positives: with a mask (or multi-hot labels) each contrast a has
+    a weight w_ia in [0, 1] as a positive of i; P(i) is where w_ia > 0 and the
+    negatives are where w_ia = 0. Eq. 2 becomes the weighted mean
+    -sum_p w_ip log p_ip / sum_p w_ip, and Eq. 3 takes the weighted mean
+    inside the log, -log(sum_p w_ip p_ip / sum_p w_ip); with 0/1 weights both
+    are the paper's equations. The denominator of p_ip is unchanged.
 
     Scaling rule: inside `strategy.run` with R = `num_replicas_in_sync` > 1
     replicas, a custom loop divides this loss by R before taking gradients
@@ -87,7 +101,10 @@ def supcon_loss(
       features: float32 or bfloat16 [B, V, D], V >= 1 views per sample, already
         L2-normalized by the caller. Computed in float32.
       labels: int [B] class ids, or None for SimCLR / NT-Xent (the only
-        positives of an anchor are the other views of its own sample).
+        positives of an anchor are the other views of its own sample), or
+        multi-hot [B, C] with C >= 2 (entries 0 or 1): the positive weights
+        are then `multi_hot_mask` of the labels, the Jaccard index of the
+        label sets (gathered across replicas like class ids).
       temperature: tau > 0.
       base_temperature: None gives the paper's formula exactly; a number
         multiplies the loss by temperature / base_temperature: 1.0 multiplies
@@ -117,33 +134,45 @@ def supcon_loss(
         the official top_k over a 0/1 mask does; so it has at most
         positives_cap + V - 1 positives. Views of the samples past the cap
         are neither positives nor negatives: they leave the numerator and
-        every denominator. With labels=None the cap changes nothing.
+        every denominator. With labels=None the cap changes nothing. Only
+        with class ids (ValueError with a mask, multi-hot labels or a queue).
+      mask: None, or weights in [0, 1] of shape [B, B_global] instead of
+        labels (labels must be None): mask[b, s] weighs every view of sample
+        s of the global batch (in replica order, its columns already global)
+        as a positive of local sample b's anchors. The anchor's own other
+        views always weigh 1, whatever mask[b, own column] says. With a
+        queue, the mask may have Q more columns weighing the queue entries
+        ([B, B_global + Q]); with B_global columns the queue entries are
+        negatives. The mask gets no gradient.
       queue_features: None, or float [Q, D] extra contrasts (a momentum
         encoder's keys from earlier steps, L2-normalized by the caller),
         appended after the global batch. They are never anchors and get no
         gradient. The queue is not gathered: the caller keeps the same queue
         on every replica. With labels=None its entries are negatives only.
-      queue_labels: int [Q] class ids of the queue entries, required exactly
-        when both labels and queue_features are given: an entry of the
-        anchor's class is one more positive, any other entry a negative.
+      queue_labels: int [Q] class ids of the queue entries (multi-hot [Q, C]
+        with multi-hot labels), required exactly when both labels and
+        queue_features are given: an entry of the anchor's class is one more
+        positive, any other entry a negative. None with a mask.
 
     Returns:
       Scalar float32: the mean over this replica's anchors that have at least
       one positive (only V = 1 or positives_cap = 0 can leave an anchor without
-      one); 0 with zero gradient when no anchor has a positive. With V = 1
-      under several replicas the denominator is the global count of such
-      anchors divided by the replica count, so the mean of the per-replica
-      losses is still exactly the global-batch loss.
+      one); 0 with zero gradient when no anchor has a positive. With V = 1 or
+      a mask under several replicas the denominator is the global count of
+      such anchors divided by the replica count, so the mean of the
+      per-replica losses is still exactly the global-batch loss.
 
     Raises:
-      ValueError: for features not of rank 3, labels not of shape [B] or not
-        integers, temperature or base_temperature <= 0, an unknown
+      ValueError: for features not of rank 3, labels not int [B] or
+        multi-hot [B, C], temperature or base_temperature <= 0, an unknown
         contrast_mode, variant or denominator_mode, a block_size that is not a
         positive int, a positives_cap that is not None or an int >= 0 that
         is a multiple of a statically known V, queue_features not of shape
         [Q, D], queue_labels not of shape [Q] or given without both labels and
-        queue_features (or missing when both are given), or positives_cap
-        together with a queue.
+        queue_features (or missing when both are given), a mask not of shape
+        [B, B_global] (or [B, B_global + Q] with a queue) or given with
+        labels or queue_labels, or positives_cap with a queue, a mask or
+        multi-hot labels.
     """
     features = tf.convert_to_tensor(features)
     if features.shape.rank != 3:
@@ -153,18 +182,6 @@ def supcon_loss(
         )
     if not features.dtype.is_floating:
         raise ValueError(f"features must be float32 or bfloat16; got {features.dtype.name}.")
-    if labels is not None:
-        labels = tf.convert_to_tensor(labels)
-        if not labels.dtype.is_integer:
-            raise ValueError(
-                f"labels must be integer class ids; got dtype {labels.dtype.name}. "
-                "Cast them to int32."
-            )
-        if labels.shape.rank != 1 or not labels.shape[:1].is_compatible_with(features.shape[:1]):
-            raise ValueError(
-                f"labels must have shape [B] = [{features.shape[0]}] to match features "
-                f"{features.shape}; got {labels.shape}."
-            )
     temperature = _positive_number("temperature", temperature)
     if base_temperature is not None:
         base_temperature = _positive_number("base_temperature", base_temperature)
@@ -191,44 +208,11 @@ def supcon_loss(
                 f"of shape {features.shape}."
             )
 
-    if queue_features is not None:
-        queue_features = tf.convert_to_tensor(queue_features)
-        if (
-            queue_features.shape.rank != 2
-            or not queue_features.dtype.is_floating
-            or not queue_features.shape[1:].is_compatible_with(features.shape[2:])
-        ):
-            raise ValueError(
-                f"queue_features must be float [Q, D] with D = {features.shape[2]} as in "
-                f"features; got {queue_features.dtype.name} of shape {queue_features.shape}."
-            )
-        if positives_cap is not None:
-            raise ValueError(
-                "positives_cap does not combine with a queue (the cap keeps whole samples of "
-                "the batch); set positives_cap=None or drop queue_features."
-            )
-    if queue_labels is not None:
-        if queue_features is None or labels is None:
-            raise ValueError(
-                "queue_labels needs both labels and queue_features; with labels=None (SimCLR) "
-                "queue entries are negatives only, so pass queue_labels=None."
-            )
-        queue_labels = tf.convert_to_tensor(queue_labels)
-        if (
-            not queue_labels.dtype.is_integer
-            or queue_labels.shape.rank != 1
-            or not queue_labels.shape.is_compatible_with(queue_features.shape[:1])
-        ):
-            raise ValueError(
-                f"queue_labels must be int class ids of shape [Q] = [{queue_features.shape[0]}] "
-                f"to match queue_features; got {queue_labels.dtype.name} of shape "
-                f"{queue_labels.shape}."
-            )
-    elif queue_features is not None and labels is not None:
-        raise ValueError(
-            "queue_labels must be given with labels and queue_features: the class of each "
-            "queue entry decides whether it is a positive."
-        )
+    labels, mask, queue_features, queue_labels = _checked_positive_sets(
+        features, labels, mask, queue_features, queue_labels, positives_cap
+    )
+    multi_hot = labels is not None and labels.shape.rank == 2
+    weighted = mask is not None or multi_hot
 
     features = tf.cast(features, tf.float32)
     batch = tf.shape(features)[0]
@@ -236,6 +220,8 @@ def supcon_loss(
     dim = tf.shape(features)[2]
     if labels is not None:
         labels = tf.cast(labels, tf.int32)
+    if queue_labels is not None:
+        queue_labels = tf.cast(queue_labels, tf.int32)
 
     # The gather sits here, outside any nested tf.function, because XLA and
     # MirroredStrategy cannot compile a nested function holding it.
@@ -249,36 +235,6 @@ def supcon_loss(
         all_features, all_labels, first_sample = features, labels, tf.constant(0, tf.int32)
     global_batch = tf.shape(all_features)[0]
 
-    # SimCLR: a sample's identity is its label, so only its own views are
-    # positives; the queue's entries share a label no batch sample has.
-    if all_labels is None:
-        all_labels = tf.range(global_batch)
-        if queue_features is not None:
-            queue_labels = tf.fill(tf.shape(queue_features)[:1], global_batch)
-
-    # Classes and ranks are per sample; every view shares its sample's. The
-    # queue's entries follow the global batch as one-view samples.
-    contrasts = tf.reshape(all_features, [-1, dim])
-    sample_labels = all_labels
-    contrasts_per_sample = tf.fill([global_batch], tf.cast(num_views, tf.float32))
-    if queue_features is not None:
-        queue = tf.stop_gradient(tf.cast(queue_features, tf.float32))
-        contrasts = tf.concat([contrasts, queue], 0)
-        sample_labels = tf.concat([all_labels, tf.cast(queue_labels, tf.int32)], 0)
-        contrasts_per_sample = tf.concat(
-            [contrasts_per_sample, tf.ones_like(queue_labels, tf.float32)], 0
-        )
-    num_contrasts = tf.shape(contrasts)[0]
-    contrast_ids = tf.range(num_contrasts)
-    num_samples = tf.size(sample_labels)
-    sample_class, sample_rank = _class_index_and_rank(sample_labels)
-    class_size = tf.math.unsorted_segment_sum(
-        tf.ones_like(sample_class, tf.float32), sample_class, num_samples
-    )
-    class_contrasts = tf.math.unsorted_segment_sum(contrasts_per_sample, sample_class, num_samples)
-    contrast_class = tf.concat(
-        [tf.repeat(sample_class[:global_batch], num_views), sample_class[global_batch:]], 0
-    )
     if contrast_mode == "all":
         anchors = tf.reshape(features, [-1, dim])
         anchor_ids = first_sample * num_views + tf.range(batch * num_views)
@@ -286,45 +242,157 @@ def supcon_loss(
         anchors = features[:, 0]
         anchor_ids = (first_sample + tf.range(batch)) * num_views
     anchor_samples = anchor_ids // num_views
-    anchor_class = tf.gather(sample_class, anchor_samples)
-    anchor_class_size = tf.gather(class_size, anchor_class)
-    anchor_class_contrasts = tf.gather(class_contrasts, anchor_class)
     num_views_float = tf.cast(num_views, tf.float32)
 
-    if positives_cap is None:
-        num_positives = anchor_class_contrasts - 1.0  # the anchor is its own contrast
-        anchor_keys = (anchor_ids, anchor_class)
+    # The queue's entries follow the global batch as one-view samples.
+    contrasts = tf.reshape(all_features, [-1, dim])
+    sample_sums = tf.reduce_sum(all_features, 1)
+    if queue_features is not None:
+        queue = tf.stop_gradient(tf.cast(queue_features, tf.float32))
+        contrasts = tf.concat([contrasts, queue], 0)
+        sample_sums = tf.concat([sample_sums, queue], 0)
+    num_contrasts = tf.shape(contrasts)[0]
+    num_contrasts_float = tf.cast(num_contrasts, tf.float32)
+    contrast_ids = tf.range(num_contrasts)
+
+    if weighted:
+        # weights[b, s]: sample s (global batch, then queue) as a positive of
+        # local sample b; the anchor's own sample always weighs 1.
+        if mask is None:
+            columns = all_labels if queue_labels is None else tf.concat([all_labels, queue_labels], 0)
+            weights = multi_hot_mask(labels, columns)
+        else:
+            weights = tf.cast(mask, tf.float32)
+            if queue_features is not None:  # a [B, B_global] mask: queue entries are negatives
+                missing = tf.shape(sample_sums)[0] - tf.shape(weights)[1]
+                weights = tf.pad(weights, [[0, 0], [0, missing]])
+        own = tf.one_hot(first_sample + tf.range(batch), tf.shape(weights)[1])
+        anchor_rows = anchor_samples - first_sample  # the anchor's row of weights
+        others = tf.stop_gradient(weights) * (1.0 - own)
+        weights = others + own
+
+        def per_anchor(columns):
+            """Total of a [B, samples] row over what an anchor sees: V views of
+            each batch sample and one entry per queue sample."""
+            in_batch = tf.reduce_sum(columns[:, :global_batch], 1)
+            totals = num_views_float * in_batch + tf.reduce_sum(columns[:, global_batch:], 1)
+            return tf.gather(totals, anchor_rows)
+
+        # The anchor's own other views are V - 1 positives of weight 1.
+        num_positives = per_anchor(others) + num_views_float - 1.0
+        num_negatives = num_contrasts_float - num_views_float - per_anchor(
+            tf.cast(others > 0.0, tf.float32)
+        )
+        anchor_keys = (anchor_ids, anchor_rows)
+
+        def in_set(kind):
+            """Per anchor row and contrast: "positives" the weights w_ia (0
+            off P(i)), "negatives" where w_ia = 0, "denominator" all but self."""
+
+            def select(keys):
+                not_self = keys[0][:, None] != contrast_ids
+                if kind == "denominator":
+                    return not_self
+                rows = tf.gather(weights, tf.maximum(keys[1], 0))  # padding rows have -1
+                row_weights = tf.concat(
+                    [tf.repeat(rows[:, :global_batch], num_views, axis=1), rows[:, global_batch:]],
+                    1,
+                )
+                if kind == "negatives":
+                    return tf.logical_and(not_self, row_weights <= 0.0)
+                return tf.where(not_self, row_weights, 0.0)
+
+            return select
+
+        def sum_of_positives():
+            """sum_a w_ia z_a over P(i), through per-sample sums: O(B x samples x D)."""
+            return tf.gather(tf.matmul(weights, sample_sums), anchor_rows) - anchors
+
     else:
-        kept_samples = positives_cap // num_views
-        contrast_rank = tf.repeat(sample_rank, num_views)
-        anchor_rank = tf.gather(sample_rank, anchor_samples)
-        # An anchor's own sample is never counted against the cap: among the
-        # first kept_samples of its class, it frees its place for the next one.
-        anchor_threshold = kept_samples + tf.cast(anchor_rank < kept_samples, tf.int32)
-        kept_others = tf.minimum(anchor_class_size - 1.0, float(kept_samples))
-        num_positives = num_views_float * (kept_others + 1.0) - 1.0
-        anchor_keys = (anchor_ids, anchor_class, anchor_threshold)
+        # SimCLR: a sample's identity is its label, so only its own views are
+        # positives; the queue's entries share a label no batch sample has.
+        if all_labels is None:
+            all_labels = tf.range(global_batch)
+            if queue_features is not None:
+                queue_labels = tf.fill(tf.shape(queue_features)[:1], global_batch)
+        sample_labels = all_labels
+        contrasts_per_sample = tf.fill([global_batch], num_views_float)
+        if queue_features is not None:
+            sample_labels = tf.concat([all_labels, queue_labels], 0)
+            contrasts_per_sample = tf.concat(
+                [contrasts_per_sample, tf.ones_like(queue_labels, tf.float32)], 0
+            )
+        # Classes and ranks are per sample; every view shares its sample's.
+        num_samples = tf.size(sample_labels)
+        sample_class, sample_rank = _class_index_and_rank(sample_labels)
+        class_size = tf.math.unsorted_segment_sum(
+            tf.ones_like(sample_class, tf.float32), sample_class, num_samples
+        )
+        class_contrasts = tf.math.unsorted_segment_sum(
+            contrasts_per_sample, sample_class, num_samples
+        )
+        contrast_class = tf.concat(
+            [tf.repeat(sample_class[:global_batch], num_views), sample_class[global_batch:]], 0
+        )
+        anchor_class = tf.gather(sample_class, anchor_samples)
+        anchor_class_size = tf.gather(class_size, anchor_class)
+        anchor_class_contrasts = tf.gather(class_contrasts, anchor_class)
+        num_negatives = num_contrasts_float - anchor_class_contrasts
 
-    def in_set(kind):
-        """Mask [rows, contrasts] of one set of contrasts per anchor row, from the
-        rows' keys: "positives" P(i), "negatives", or "denominator" (both)."""
+        if positives_cap is None:
+            num_positives = anchor_class_contrasts - 1.0  # the anchor is its own contrast
+            anchor_keys = (anchor_ids, anchor_class)
+        else:
+            kept_samples = positives_cap // num_views
+            contrast_rank = tf.repeat(sample_rank, num_views)
+            anchor_rank = tf.gather(sample_rank, anchor_samples)
+            # An anchor's own sample is never counted against the cap: among the
+            # first kept_samples of its class, it frees its place for the next one.
+            anchor_threshold = kept_samples + tf.cast(anchor_rank < kept_samples, tf.int32)
+            kept_others = tf.minimum(anchor_class_size - 1.0, float(kept_samples))
+            num_positives = num_views_float * (kept_others + 1.0) - 1.0
+            anchor_keys = (anchor_ids, anchor_class, anchor_threshold)
 
-        def mask(keys):
-            ids, classes = keys[0][:, None], keys[1][:, None]
-            not_self = ids != contrast_ids
-            if kind == "denominator" and positives_cap is None:
-                return not_self
-            other_class = classes != contrast_class
-            if kind == "negatives":
-                return other_class
-            positive = tf.logical_and(not_self, tf.logical_not(other_class))
-            if positives_cap is not None:
-                own_sample = ids // num_views == contrast_ids // num_views
-                kept = tf.logical_or(own_sample, contrast_rank < keys[2][:, None])
-                positive = tf.logical_and(positive, kept)
-            return positive if kind == "positives" else tf.logical_or(positive, other_class)
+        def in_set(kind):
+            """Mask [rows, contrasts] of one set of contrasts per anchor row, from the
+            rows' keys: "positives" P(i), "negatives", or "denominator" (both)."""
 
-        return mask
+            def select(keys):
+                ids, classes = keys[0][:, None], keys[1][:, None]
+                not_self = ids != contrast_ids
+                if kind == "denominator" and positives_cap is None:
+                    return not_self
+                other_class = classes != contrast_class
+                if kind == "negatives":
+                    return other_class
+                positive = tf.logical_and(not_self, tf.logical_not(other_class))
+                if positives_cap is not None:
+                    own_sample = ids // num_views == contrast_ids // num_views
+                    kept = tf.logical_or(own_sample, contrast_rank < keys[2][:, None])
+                    positive = tf.logical_and(positive, kept)
+                return positive if kind == "positives" else tf.logical_or(positive, other_class)
+
+            return select
+
+        def sum_of_positives():
+            """sum_{p in P(i)} z_p through per-class sums: O(N x D)."""
+            if positives_cap is None:
+                class_sums = tf.math.unsorted_segment_sum(sample_sums, sample_class, num_samples)
+                return tf.gather(class_sums, anchor_class) - anchors
+
+            def class_sums_of(selected):
+                selected_sums = sample_sums * tf.cast(selected, tf.float32)[:, None]
+                return tf.math.unsorted_segment_sum(selected_sums, sample_class, global_batch)
+
+            kept_sums = class_sums_of(sample_rank < kept_samples)
+            next_sums = class_sums_of(sample_rank == kept_samples)
+            # The anchor's own sample, or for one among the kept, the next one in its place.
+            own_or_next = tf.where(
+                (anchor_rank < kept_samples)[:, None],
+                tf.gather(next_sums, anchor_class),
+                tf.gather(sample_sums, anchor_samples),
+            )
+            return tf.gather(kept_sums, anchor_class) + own_or_next - anchors
 
     scaled_anchors = anchors * (1.0 / temperature)
     has_positive = num_positives > 0
@@ -352,32 +420,10 @@ def supcon_loss(
         denominator_set = "denominator" if denominator_mode == "all" else "negatives"
         log_denominator = logsumexp_over(denominator_set)
         if variant == "out":
-            # Positives through class sums (O(N * D)): sum_{p in P(i)} s_ip is
-            # z_i / tau . (sum of P(i)'s views), so only the denominator needs
-            # the anchors x contrasts matrix.
-            sample_sums = tf.reduce_sum(all_features, 1)
-            if positives_cap is None:
-                if queue_features is not None:
-                    sample_sums = tf.concat([sample_sums, queue], 0)
-                class_sums = tf.math.unsorted_segment_sum(sample_sums, sample_class, num_samples)
-                positive_sums = tf.gather(class_sums, anchor_class) - anchors
-            else:
-
-                def class_sums_of(selected):
-                    selected_sums = sample_sums * tf.cast(selected, tf.float32)[:, None]
-                    return tf.math.unsorted_segment_sum(selected_sums, sample_class, global_batch)
-
-                kept_sums = class_sums_of(sample_rank < kept_samples)
-                next_sums = class_sums_of(sample_rank == kept_samples)
-                # The anchor's own sample, or for one among the kept, the next one in its place.
-                own_or_next = tf.where(
-                    (anchor_rank < kept_samples)[:, None],
-                    tf.gather(next_sums, anchor_class),
-                    tf.gather(sample_sums, anchor_samples),
-                )
-                positive_sums = tf.gather(kept_sums, anchor_class) + own_or_next - anchors
+            # sum_{p in P(i)} w_ip s_ip is z_i / tau . (sum_p w_ip z_p), so only
+            # the denominator needs the anchors x contrasts matrix.
             mean_positive_logit = (
-                tf.reduce_sum(scaled_anchors * positive_sums, 1) / safe_num_positives
+                tf.reduce_sum(scaled_anchors * sum_of_positives(), 1) / safe_num_positives
             )
             per_anchor_loss = log_denominator - mean_positive_logit
         else:
@@ -386,16 +432,16 @@ def supcon_loss(
 
     has_loss = has_positive
     if denominator_mode == "only_negatives":
-        # Either every anchor has a negative or the global batch is one class,
-        # so the count still agrees across replicas.
-        num_negatives = tf.cast(num_contrasts, tf.float32) - anchor_class_contrasts
+        # With labels, either every anchor has a negative or the global batch
+        # is one class, so the count still agrees across replicas.
         has_loss = tf.logical_and(has_loss, num_negatives > 0)
     per_anchor_loss = tf.where(has_loss, per_anchor_loss, 0.0)
 
     num_anchors = tf.reduce_sum(tf.cast(has_loss, tf.float32))
-    if num_replicas > 1 and (num_views is None or not isinstance(num_views, int) or num_views == 1):
-        # With one view, replicas can differ in how many anchors have a
-        # positive; normalizing by the global count keeps the mean of the
+    one_view = not isinstance(num_views, int) or num_views == 1
+    if num_replicas > 1 and (one_view or weighted):
+        # With one view or a mask, replicas can differ in how many anchors
+        # have a loss; normalizing by the global count keeps the mean of the
         # per-replica losses equal to the global loss.
         global_anchors = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, num_anchors)
         num_anchors = global_anchors / num_replicas
@@ -403,6 +449,140 @@ def supcon_loss(
     if base_temperature is not None:
         loss *= temperature / base_temperature
     return loss
+
+
+def multi_hot_mask(labels, other_labels):
+    """Positive weights of multi-hot labels: the Jaccard index of label sets.
+
+    weight[i, j] = |y_i and y_j| / |y_i or y_j| (0 when both sets are empty):
+    1 for the same set of classes, a fraction for sets that overlap, 0 for
+    disjoint ones. Jaccard rather than "any shared class = 1" because it
+    reduces to the single-label mask for one-hot labels and keeps a frequent
+    class (say, "person" in half the images) from making most pairs full
+    positives: an image tagged {person, dog} weighs 1/3 as a positive of one
+    tagged {person, car}, 1 of another {person, dog}.
+
+    Args:
+      labels: [B, C] multi-hot (entries 0 or 1, any numeric or bool dtype).
+      other_labels: [S, C] multi-hot, the columns (for supcon_loss: the global
+        batch in replica order, then the queue).
+
+    Returns:
+      float32 [B, S] weights in [0, 1], usable as supcon_loss's mask.
+    """
+    labels = tf.cast(labels, tf.float32)
+    other_labels = tf.cast(other_labels, tf.float32)
+    shared = tf.matmul(labels, other_labels, transpose_b=True)
+    union = tf.reduce_sum(labels, 1)[:, None] + tf.reduce_sum(other_labels, 1) - shared
+    return tf.math.divide_no_nan(shared, union)
+
+
+def _checked_positive_sets(features, labels, mask, queue_features, queue_labels, positives_cap):
+    """labels, mask, queue_features and queue_labels as tensors, or a ValueError
+    naming what is wrong with them and how they combine."""
+    batch, dim = features.shape[0], features.shape[2]
+    if labels is not None:
+        labels = tf.convert_to_tensor(labels)
+        if labels.shape.rank == 2 and labels.shape[1] != 1:
+            if not labels.shape[:1].is_compatible_with([batch]):
+                raise ValueError(
+                    f"multi-hot labels must have shape [B, C] with B = {batch} as in features; "
+                    f"got {labels.shape}."
+                )
+        elif not labels.dtype.is_integer:
+            raise ValueError(
+                f"labels must be integer class ids; got dtype {labels.dtype.name}. "
+                "Cast them to int32."
+            )
+        elif labels.shape.rank != 1 or not labels.shape.is_compatible_with([batch]):
+            raise ValueError(
+                f"labels must have shape [B] = [{batch}] (class ids) or [B, C] with C >= 2 "
+                f"(multi-hot) to match features {features.shape}; got {labels.shape}."
+            )
+    multi_hot = labels is not None and labels.shape.rank == 2
+    if multi_hot and positives_cap is not None:
+        raise ValueError(
+            "positives_cap needs class ids; with multi-hot labels set positives_cap=None."
+        )
+
+    if queue_features is not None:
+        queue_features = tf.convert_to_tensor(queue_features)
+        if (
+            queue_features.shape.rank != 2
+            or not queue_features.dtype.is_floating
+            or not queue_features.shape[1:].is_compatible_with([dim])
+        ):
+            raise ValueError(
+                f"queue_features must be float [Q, D] with D = {dim} as in "
+                f"features; got {queue_features.dtype.name} of shape {queue_features.shape}."
+            )
+        if positives_cap is not None:
+            raise ValueError(
+                "positives_cap does not combine with a queue (the cap keeps whole samples of "
+                "the batch); set positives_cap=None or drop queue_features."
+            )
+    if queue_labels is not None:
+        if mask is not None:
+            raise ValueError(
+                "queue_labels does not combine with mask: the queue's weights are the mask's "
+                "last Q columns (or, with a [B, B_global] mask, its entries are negatives); "
+                "pass queue_labels=None."
+            )
+        if queue_features is None or labels is None:
+            raise ValueError(
+                "queue_labels needs both labels and queue_features; with labels=None (SimCLR) "
+                "queue entries are negatives only, so pass queue_labels=None."
+            )
+        queue_labels = tf.convert_to_tensor(queue_labels)
+        expected = queue_features.shape[:1] + labels.shape[1:]
+        if (
+            (not multi_hot and not queue_labels.dtype.is_integer)
+            or queue_labels.shape.rank != labels.shape.rank
+            or not queue_labels.shape.is_compatible_with(expected)
+        ):
+            form = "multi-hot of shape [Q, C]" if multi_hot else "int class ids of shape [Q]"
+            raise ValueError(
+                f"queue_labels must be {form} = {expected} like labels, to match "
+                f"queue_features; got {queue_labels.dtype.name} of shape {queue_labels.shape}."
+            )
+    elif queue_features is not None and labels is not None:
+        raise ValueError(
+            "queue_labels must be given with labels and queue_features: the class of each "
+            "queue entry decides whether it is a positive."
+        )
+
+    if mask is not None:
+        if labels is not None:
+            raise ValueError(
+                "pass either labels or mask, not both: the mask replaces the labels' positives."
+            )
+        if positives_cap is not None:
+            raise ValueError(
+                "positives_cap needs class ids; with a mask set positives_cap=None."
+            )
+        mask = tf.convert_to_tensor(mask)
+        replica_context = tf.distribute.get_replica_context()
+        num_replicas = replica_context.num_replicas_in_sync if replica_context else 1
+        global_batch = batch * num_replicas if batch is not None else None
+        columns = [global_batch]
+        if queue_features is not None:
+            queue_size = queue_features.shape[0]
+            columns.append(None if global_batch is None or queue_size is None else
+                           global_batch + queue_size)
+        if (
+            mask.shape.rank != 2
+            or not (mask.dtype.is_floating or mask.dtype.is_integer or mask.dtype == tf.bool)
+            or not mask.shape[:1].is_compatible_with([batch])
+            or not any(mask.shape[1:].is_compatible_with([c]) for c in columns)
+        ):
+            queue_columns = " or [B, B_global + Q]" if queue_features is not None else ""
+            raise ValueError(
+                f"mask must be weights in [0, 1] of shape [B, B_global]{queue_columns} = "
+                f"{' or '.join(str([batch, c]) for c in columns)} (columns: the global batch "
+                f"in replica order, then the queue); got {mask.dtype.name} of shape "
+                f"{mask.shape}."
+            )
+    return labels, mask, queue_features, queue_labels
 
 
 def _positive_number(name, value):
@@ -442,11 +622,21 @@ def _split_into_blocks(rows, block_size, padding_value=0):
     return tf.reshape(padded, tf.concat([[num_blocks, block_size], tf.shape(rows)[1:]], 0))
 
 
-def _logsumexp_over_contrasts(scaled_anchors, contrasts, anchor_keys, in_set, *, block_size):
-    """log sum_a exp(s_ia) per anchor row over the contrasts a in in_set(keys),
-    s_ia = scaled_anchor_i . contrast_a, with a hand-written gradient.
+def _selected(logits, selection):
+    """logits where a bool selection holds, logits + log w where a weight
+    selection w is > 0, _MASKED_LOGIT elsewhere."""
+    if selection.dtype == tf.bool:
+        return tf.where(selection, logits, _MASKED_LOGIT)
+    log_weights = tf.math.log(tf.maximum(selection, _TINY))
+    return tf.where(selection > 0.0, logits + log_weights, _MASKED_LOGIT)
 
-    d lse_i / d s_ia is the softmax of the row, so the backward pass is one
+
+def _logsumexp_over_contrasts(scaled_anchors, contrasts, anchor_keys, in_set, *, block_size):
+    """log sum_a w_ia exp(s_ia) per anchor row over the contrasts a in
+    in_set(keys), a bool mask (w = 1) or weights w_ia >= 0, s_ia =
+    scaled_anchor_i . contrast_a, with a hand-written gradient.
+
+    d lse_i / d s_ia is the (weighted) softmax of the row, so the backward pass is one
     elementwise pass and two matmuls. The shift that keeps exp() in range is
     the Cauchy-Schwarz bound |a_i| max_a |c_a| >= s_ia when that bound is
     small enough that nothing can underflow (always for unit features and
@@ -462,16 +652,19 @@ def _logsumexp_over_contrasts(scaled_anchors, contrasts, anchor_keys, in_set, *,
         mask = in_set(keys)
 
         def exact_max():
-            row_max = tf.reduce_max(tf.where(mask, logits, _MASKED_LOGIT), axis=1)
+            row_max = tf.reduce_max(_selected(logits, mask), axis=1)
             return tf.where(row_max > _MASKED_LOGIT, row_max, 0.0)  # empty rows: any finite shift
 
-        shift = tf.cond(bound_is_safe, lambda: row_bound, exact_max)
-        shifted = tf.where(mask, logits - shift[:, None], _MASKED_LOGIT)
+        if mask.dtype == tf.bool:
+            shift = tf.cond(bound_is_safe, lambda: row_bound, exact_max)
+        else:  # small weights could underflow below the bound
+            shift = exact_max()
+        shifted = _selected(logits - shift[:, None], mask)
         total = tf.reduce_sum(tf.exp(shifted), axis=1)
         return shift + tf.math.log(tf.maximum(total, _TINY)), logits, mask
 
     def logits_gradient(logits, mask, lse, upstream):
-        return upstream[:, None] * tf.exp(tf.where(mask, logits - lse[:, None], _MASKED_LOGIT))
+        return upstream[:, None] * tf.exp(_selected(logits - lse[:, None], mask))
 
     if block_size is None:
 
@@ -544,15 +737,20 @@ def _logsumexp_over_contrasts(scaled_anchors, contrasts, anchor_keys, in_set, *,
 
 
 def _sum_of_softplus(logits, positives, log_negatives):
-    """sum_p -log(e^s_ip / (e^s_ip + e^lse_neg_i)) = sum_p softplus(lse_neg_i - s_ip)."""
+    """sum_p -w_ip log(e^s_ip / (e^s_ip + e^lse_neg_i)) = sum_p w_ip softplus(lse_neg_i - s_ip),
+    w = 1 for a bool mask of positives."""
     terms = tf.nn.softplus(log_negatives[:, None] - logits)
+    if positives.dtype != tf.bool:
+        terms *= positives
+        positives = positives > 0.0
     return tf.reduce_sum(tf.where(positives, terms, 0.0), axis=1)
 
 
 def _logsumexp_of_log_sigmoid(logits, positives, log_negatives):
-    """log sum_p e^s_ip / (e^s_ip + e^lse_neg_i) = logsumexp_p log_sigmoid(s_ip - lse_neg_i)."""
+    """log sum_p w_ip e^s_ip / (e^s_ip + e^lse_neg_i)
+    = logsumexp_p (log w_ip + log_sigmoid(s_ip - lse_neg_i)), w = 1 for a bool mask."""
     terms = tf.math.log_sigmoid(logits - log_negatives[:, None])
-    return tf.reduce_logsumexp(tf.where(positives, terms, _MASKED_LOGIT), axis=1)
+    return tf.reduce_logsumexp(_selected(terms, positives), axis=1)
 
 
 def _reduce_over_contrasts(
@@ -629,7 +827,8 @@ def _reduce_over_contrasts(
 
 @keras.saving.register_keras_serializable(package="supcon_tf")
 class SupConLoss(keras.losses.Loss):
-    """`supcon_loss` as a Keras loss: y_true = int labels [B], y_pred = [B, V, D].
+    """`supcon_loss` as a Keras loss: y_true = int labels [B] (or [B, 1]) or
+    multi-hot [B, C] with C >= 2, y_pred = [B, V, D].
 
     Scaling across replicas: inside `strategy.run` with R =
     `num_replicas_in_sync` replicas, calling this loss returns
@@ -652,9 +851,10 @@ class SupConLoss(keras.losses.Loss):
     meaning here. `fit`'s `class_weight` arrives as `sample_weight` too.
 
     Labels are cast to int32 directly, not through the loss's float dtype.
-    The queue (queue_features, queue_labels) is per-step state that
-    (y_true, y_pred) cannot carry, so this wrapper does not take it: a
-    training loop with a momentum queue calls `supcon_loss` itself.
+    The queue (queue_features, queue_labels) is per-step state and a mask has
+    global columns, neither of which (y_true, y_pred) can carry, so this
+    wrapper takes neither: a training loop with a momentum queue or a mask
+    calls `supcon_loss` itself.
     """
 
     def __init__(
@@ -703,7 +903,12 @@ class SupConLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         """The unscaled `supcon_loss` of this replica (no division by replicas)."""
-        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        y_true = tf.convert_to_tensor(y_true)
+        if y_true.shape.rank == 2 and y_true.shape[1] != 1:
+            labels = y_true  # multi-hot
+        else:
+            labels = tf.reshape(y_true, [-1])
+        labels = tf.cast(labels, tf.int32)
         return supcon_loss(
             y_pred,
             labels,

@@ -1,9 +1,11 @@
-"""supcon_loss with a queue of extra contrasts, against a per-anchor reference.
+"""supcon_loss with a queue of extra contrasts and weighted positives (a mask
+or multi-hot labels), against a per-anchor reference.
 
 The reference below is a loop over anchors written from Eq. 2 and Eq. 3 of
 Khosla et al. (2020), in float64, with the queue's entries as extra contrasts
 (never anchors) and every contrast a carrying a weight w_ia as a positive of
-anchor i: 1 for the anchor's other views, 1 or 0 by class otherwise. Positives
+anchor i: 1 for the anchor's other views; otherwise 1 or 0 by class, the
+mask's entry, or the Jaccard index of two sets of classes. Positives
 are the contrasts with w_ia > 0, negatives those with w_ia = 0; Eq. 2 becomes
 -sum_p w_ip log p_ip / sum_p w_ip and Eq. 3 -log(sum_p w_ip p_ip / sum_p w_ip).
 It shares no code with supcon_tf.losses.
@@ -17,7 +19,7 @@ import pytest
 import tensorflow as tf
 from conftest import mirrored_strategy
 
-from supcon_tf.losses import supcon_loss
+from supcon_tf.losses import SupConLoss, multi_hot_mask, supcon_loss
 
 
 def reference_loss(
@@ -128,8 +130,7 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("supervised", [True, False])
-@pytest.mark.parametrize("num_views", [1, 2, 3])
+@pytest.mark.parametrize("num_views,supervised", [(1, True), (2, True), (2, False), (3, True)])
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
 def test_queue_matches_reference(options, num_views, supervised):
     features = normalized(0, (6, num_views, 4))
@@ -229,9 +230,9 @@ GLOBAL_LABELS = np.array([0, 1, 2, 0, 3, 3, 1, 4, 5, 2, 6, 0], np.int32)
 GLOBAL_QUEUE_LABELS = np.array([6, 0, 7, 4, 1, 5, 5, 2], np.int32)
 
 
-def per_replica(features, labels, kwargs):
+def per_replica(features, labels, kwargs, mask=None):
     """Per-replica losses and, concatenated, each replica's gradient of
-    loss / replicas with respect to its own rows."""
+    loss / replicas with respect to its own rows (and mask rows)."""
     strategy = mirrored_strategy(NUM_REPLICAS)
 
     def shard(array):
@@ -241,18 +242,22 @@ def per_replica(features, labels, kwargs):
             )
         )
 
-    def replica_step(local_features, local_labels):
+    def replica_step(local_features, local_labels, local_mask):
         with tf.GradientTape() as tape:
             tape.watch(local_features)
-            loss = supcon_loss(local_features, local_labels, **kwargs)
+            loss = supcon_loss(local_features, local_labels, mask=local_mask, **kwargs)
             scaled = loss / tf.distribute.get_replica_context().num_replicas_in_sync
         return loss, tape.gradient(scaled, local_features)
 
     @tf.function
-    def step(local_features, local_labels):
-        return strategy.run(replica_step, args=(local_features, local_labels))
+    def step(local_features, local_labels, local_mask):
+        return strategy.run(replica_step, args=(local_features, local_labels, local_mask))
 
-    losses, gradients = step(shard(features), shard(labels) if labels is not None else None)
+    losses, gradients = step(
+        shard(features),
+        shard(labels) if labels is not None else None,
+        shard(mask) if mask is not None else None,
+    )
     losses = [t.numpy() for t in strategy.experimental_local_results(losses)]
     gradients = [t.numpy() for t in strategy.experimental_local_results(gradients)]
     return np.array(losses), np.concatenate(gradients)
@@ -264,8 +269,7 @@ def per_replica(features, labels, kwargs):
         (2, True, dict()),
         (2, False, dict(variant="in", contrast_mode="one")),
         (1, True, dict(block_size=2)),
-        (3, True, dict(denominator_mode="one_positive", variant="in")),
-        (2, True, dict(denominator_mode="only_negatives", block_size=4)),
+        (3, True, dict(denominator_mode="only_negatives", variant="in", block_size=4)),
     ],
 )
 def test_queue_under_four_replicas_equals_one_device(num_views, supervised, options):
@@ -310,6 +314,310 @@ QUEUE = normalized(12, (5, 3))
     ],
 )
 def test_bad_queue_arguments_raise_value_error(kwargs, message):
+    arguments = dict(labels=np.array([0, 1, 0, 1]))
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        supcon_loss(normalized(13, (4, 2, 3)), arguments.pop("labels"), **arguments)
+
+
+# Weighted positives.
+
+
+def mask_weight(mask):
+    """w(b, c) = mask[b, c]; queue entry k is column B + k when the mask has it."""
+    mask = np.asarray(mask, np.float64)
+
+    def weight(b, c):
+        if isinstance(c, tuple):
+            column = mask.shape[0] + c[1]  # single device: B_global = B
+            return mask[b, column] if column < mask.shape[1] else 0.0
+        return mask[b, c]
+
+    return weight
+
+
+def jaccard_weight(multi_hot, queue_multi_hot=None):
+    """|Y_b & Y_c| / |Y_b | Y_c| of the sets of classes."""
+
+    def classes(row):
+        return {k for k, on in enumerate(row) if on}
+
+    def weight(b, c):
+        other = queue_multi_hot[c[1]] if isinstance(c, tuple) else multi_hot[c]
+        union = classes(multi_hot[b]) | classes(other)
+        return len(classes(multi_hot[b]) & classes(other)) / len(union) if union else 0.0
+
+    return weight
+
+
+def soft_mask(seed, rows, columns):
+    """Weights in [0, 1], about a third exactly 0."""
+    rng = np.random.default_rng(seed)
+    mask = rng.uniform(size=(rows, columns))
+    return np.where(mask < 0.35, 0.0, mask).astype(np.float32)
+
+
+MULTI_HOT = np.array(
+    [[1, 0, 0, 1], [0, 1, 0, 0], [1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]], np.int32
+)
+QUEUE_MULTI_HOT = np.array(
+    [[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 1, 0]], np.int32
+)
+
+
+@pytest.mark.parametrize("num_views,queue_columns", [(1, 9), (2, None), (2, 0), (3, 9)])
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_soft_mask_matches_reference(options, num_views, queue_columns):
+    # queue_columns: None without a queue, 0 for a [B, B] mask with a queue
+    # (its entries are negatives), 9 for a [B, B + Q] mask weighing them.
+    features = normalized(20, (6, num_views, 4))
+    queue = normalized(21, (9, 4)) if queue_columns is not None else None
+    mask = soft_mask(22, 6, 6 + (queue_columns or 0))
+    expected = reference_loss(features, 0.2, mask_weight(mask), queue, **options)
+    for block_size in (None, 4):
+        loss = supcon_loss(
+            features, mask=mask, temperature=0.2, block_size=block_size,
+            queue_features=queue, **options,
+        )
+        np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, err_msg=str(block_size))
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_label_mask_reproduces_the_labels_path(options, with_queue):
+    features = normalized(23, (6, 2, 4))
+    queue, queue_labels, columns = None, None, LABELS
+    if with_queue:
+        queue, queue_labels = normalized(24, (9, 4)), QUEUE_LABELS
+        columns = np.concatenate([LABELS, QUEUE_LABELS])
+    mask = (LABELS[:, None] == columns[None]).astype(np.float32)
+    np.fill_diagonal(mask, 0.0)  # the own column is 1 whatever the mask says
+    for block_size in (None, 4):
+        kwargs = dict(block_size=block_size, **options)
+        loss, gradient, _ = loss_and_gradients(
+            features, LABELS, queue, queue_labels=queue_labels, **kwargs
+        )
+        mask_loss, mask_gradient, _ = loss_and_gradients(features, None, queue, mask=mask, **kwargs)
+        np.testing.assert_allclose(mask_loss, loss, rtol=1e-6)
+        np.testing.assert_allclose(mask_gradient, gradient, atol=1e-5)
+
+
+def test_own_column_and_zero_mask():
+    features = normalized(25, (5, 2, 3))
+    mask = soft_mask(26, 5, 5)
+    ones, zeros = mask.copy(), mask.copy()
+    np.fill_diagonal(ones, 1.0)
+    np.fill_diagonal(zeros, 0.0)
+    np.testing.assert_allclose(
+        supcon_loss(features, mask=ones).numpy(), supcon_loss(features, mask=zeros).numpy()
+    )
+    # An all-zero mask leaves the other views as the only positives: SimCLR.
+    np.testing.assert_allclose(
+        supcon_loss(features, mask=np.zeros((5, 5), np.float32)).numpy(),
+        supcon_loss(features).numpy(),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(variant="in"),
+        dict(variant="in", block_size=3),
+        dict(denominator_mode="one_positive", block_size=3),
+        dict(variant="in", denominator_mode="one_positive"),
+        dict(denominator_mode="only_negatives", contrast_mode="one"),
+    ],
+    ids=str,
+)
+def test_soft_mask_gradient_matches_central_differences(options):
+    features = normalized(27, (4, 2, 3))
+    queue = normalized(28, (3, 3))
+    mask = soft_mask(29, 4, 7)
+    reference_options = {k: v for k, v in options.items() if k != "block_size"}
+    _, gradient, queue_gradient = loss_and_gradients(
+        features, None, queue, mask=mask, temperature=0.5, **options
+    )
+    expected = central_differences(
+        lambda x: reference_loss(x, 0.5, mask_weight(mask), queue, **reference_options), features
+    )
+    np.testing.assert_allclose(gradient, expected, atol=2e-5)
+    assert queue_gradient is None or not np.any(queue_gradient)
+
+
+def test_multi_hot_mask_is_the_jaccard_index():
+    weight = jaccard_weight(MULTI_HOT, QUEUE_MULTI_HOT)
+    columns = list(range(6)) + [("q", k) for k in range(5)]
+    expected = [[weight(b, c) for c in columns] for b in range(6)]
+    got = multi_hot_mask(MULTI_HOT, np.concatenate([MULTI_HOT, QUEUE_MULTI_HOT]))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    assert got.numpy()[0, 2] == pytest.approx(2 / 3) and got.numpy()[3, 3] == 0.0
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_multi_hot_labels_match_reference(options, with_queue):
+    features = normalized(30, (6, 2, 4))
+    queue, queue_labels = (normalized(31, (5, 4)), QUEUE_MULTI_HOT) if with_queue else (None, None)
+    expected = reference_loss(
+        features, 0.2, jaccard_weight(MULTI_HOT, QUEUE_MULTI_HOT), queue, **options
+    )
+    for block_size in (None, 4):
+        loss = supcon_loss(
+            features, MULTI_HOT, temperature=0.2, block_size=block_size,
+            queue_features=queue, queue_labels=queue_labels, **options,
+        )
+        np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, err_msg=str(block_size))
+
+
+def test_one_hot_labels_are_class_ids():
+    features = normalized(32, (6, 2, 4))
+    one_hot = np.eye(5, dtype=np.float32)[LABELS]
+    queue = normalized(33, (9, 4))
+    queue_one_hot = np.eye(6, dtype=np.float32)[QUEUE_LABELS][:, :5]  # class 5: no class
+    ids = loss_and_gradients(features, LABELS, queue, queue_labels=np.minimum(QUEUE_LABELS, 9))
+    hot = loss_and_gradients(features, one_hot, queue, queue_labels=queue_one_hot)
+    # Queue class 5 matches no batch sample, as an all-zero row matches nothing.
+    np.testing.assert_allclose(hot[0], ids[0], rtol=1e-6)
+    np.testing.assert_allclose(hot[1], ids[1], atol=1e-6)
+
+
+def test_keras_loss_takes_multi_hot_labels():
+    features = normalized(34, (6, 2, 4))
+    loss = SupConLoss(temperature=0.2, variant="in")
+    np.testing.assert_allclose(
+        loss(MULTI_HOT, features).numpy(),
+        reference_loss(features, 0.2, jaccard_weight(MULTI_HOT), variant="in"),
+        rtol=1e-5,
+    )
+    ids = LABELS[:, None]  # [B, 1]: class ids, as Keras often shapes them
+    np.testing.assert_allclose(
+        loss(ids, features).numpy(),
+        reference_loss(features, 0.2, label_weight(LABELS), variant="in"),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    "options", [dict(), dict(variant="in", block_size=5), dict(denominator_mode="one_positive")]
+)
+def test_mask_and_multi_hot_compile_with_xla(options):
+    features = normalized(35, (6, 2, 4))
+    queue = normalized(36, (5, 4))
+    mask = soft_mask(37, 6, 11)
+
+    def both(x):
+        return (
+            supcon_loss(x, mask=mask, queue_features=queue, **options)
+            + supcon_loss(x, MULTI_HOT, queue_features=queue, queue_labels=QUEUE_MULTI_HOT, **options)
+        )
+
+    @tf.function(jit_compile=True)
+    def compiled(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = both(x)
+        return loss, tape.gradient(loss, x)
+
+    loss, gradient = compiled(tf.constant(features))
+    x = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        eager_loss = both(x)
+    np.testing.assert_allclose(loss.numpy(), eager_loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(gradient.numpy(), tape.gradient(eager_loss, x).numpy(), atol=1e-5)
+
+
+GLOBAL_MULTI_HOT = np.random.default_rng(38).integers(0, 2, size=(12, 4)).astype(np.int32)
+GLOBAL_QUEUE_MULTI_HOT = np.random.default_rng(39).integers(0, 2, size=(8, 4)).astype(np.int32)
+
+
+@pytest.mark.parametrize(
+    "num_views,positives,options",
+    [
+        (2, "mask", dict()),
+        (1, "mask", dict(variant="in", block_size=2)),
+        (2, "mask_with_queue", dict(denominator_mode="one_positive")),
+        (2, "mask_queue_negatives", dict(denominator_mode="only_negatives", contrast_mode="one")),
+        (3, "multi_hot_with_queue", dict(variant="in", block_size=4)),
+    ],
+)
+def test_weighted_positives_under_four_replicas_equal_one_device(num_views, positives, options):
+    features = normalized(40, (12, num_views, 5))
+    queue = normalized(41, (8, 5)) if "queue" in positives else None
+    labels, mask, queue_labels = None, None, None
+    if positives.startswith("mask"):
+        mask = soft_mask(42, 12, 20 if positives == "mask_with_queue" else 12)
+        weight = mask_weight(mask)
+    else:
+        labels = GLOBAL_MULTI_HOT
+        queue_labels = GLOBAL_QUEUE_MULTI_HOT if queue is not None else None
+        weight = jaccard_weight(GLOBAL_MULTI_HOT, GLOBAL_QUEUE_MULTI_HOT)
+    kwargs = dict(temperature=0.2, queue_features=queue, queue_labels=queue_labels, **options)
+
+    features_tensor = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(features_tensor)
+        loss = supcon_loss(features_tensor, labels, mask=mask, **kwargs)
+    gradient = tape.gradient(loss, features_tensor).numpy()
+    reference_options = {k: v for k, v in options.items() if k != "block_size"}
+    np.testing.assert_allclose(
+        loss.numpy(), reference_loss(features, 0.2, weight, queue, **reference_options), rtol=1e-5
+    )
+    replica_losses, replica_gradients = per_replica(features, labels, kwargs, mask=mask)
+    assert len(set(replica_losses.tolist())) > 1
+    np.testing.assert_allclose(replica_losses.mean(), loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(replica_gradients, gradient, atol=1e-5)
+
+
+def test_replica_count_normalizes_anchors_without_a_loss():
+    # only_negatives: replica 0's anchors weigh every sample as a positive, so
+    # they have no negative and no loss; the others do. The per-replica means
+    # still average to the global loss.
+    features = normalized(43, (12, 2, 5))
+    mask = soft_mask(44, 12, 12)
+    mask[:3] = 1.0
+    kwargs = dict(temperature=0.2, denominator_mode="only_negatives")
+    loss = supcon_loss(features, mask=mask, **kwargs).numpy()
+    np.testing.assert_allclose(
+        loss, reference_loss(features, 0.2, mask_weight(mask), **kwargs_without_temperature(kwargs)),
+        rtol=1e-5,
+    )
+    replica_losses, _ = per_replica(features, None, kwargs, mask=mask)
+    assert replica_losses[0] == 0.0
+    np.testing.assert_allclose(replica_losses.mean(), loss, rtol=1e-5)
+
+
+def kwargs_without_temperature(kwargs):
+    return {k: v for k, v in kwargs.items() if k != "temperature"}
+
+
+MASK = soft_mask(45, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(mask=MASK), "either labels or mask"),
+        (dict(labels=None, mask=MASK, positives_cap=2), "positives_cap needs class ids"),
+        (dict(labels=None, mask=MASK[:3]), "mask must be weights"),
+        (dict(labels=None, mask=MASK[:, :3]), "mask must be weights"),
+        (dict(labels=None, mask=MASK[0]), "mask must be weights"),
+        (dict(labels=None, mask=MASK, queue_features=QUEUE, queue_labels=np.arange(5)),
+         "queue_labels does not combine with mask"),
+        (dict(labels=None, mask=np.ones((4, 8), np.float32), queue_features=QUEUE),
+         r"mask must be weights .*\[B, B_global \+ Q\]"),
+        (dict(labels=MULTI_HOT[:4], positives_cap=2), "positives_cap needs class ids"),
+        (dict(labels=MULTI_HOT[:3]), "multi-hot labels must have shape"),
+        (dict(labels=MULTI_HOT[:4], queue_features=QUEUE, queue_labels=np.arange(5)),
+         r"queue_labels must be multi-hot"),
+        (dict(labels=MULTI_HOT[:4], queue_features=QUEUE, queue_labels=QUEUE_MULTI_HOT[:, :3]),
+         r"queue_labels must be multi-hot"),
+        (dict(labels=np.array([[0], [1], [0], [1]])), r"\[B, C\] with C >= 2"),
+    ],
+)
+def test_bad_mask_arguments_raise_value_error(kwargs, message):
     arguments = dict(labels=np.array([0, 1, 0, 1]))
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):
