@@ -6,6 +6,9 @@ ce = encoder + classifier + cross-entropy + optimizer update, each of the V view
 counted as an example, so both push batch * V images through the encoder per step.
 Each variant runs without and with XLA (jit_compile), timed side by side in
 interleaved rounds; the median round counts. Target: supcon / ce <= 1.05.
+supcon_queue is the supcon step with the momentum key encoder and a queue of
+--queue_size keys (supcon_tf/momentum.py), without XLA (the CPU default); its cost
+is queue_ratio = supcon_queue / supcon.
 
   python benchmarks/step_bench.py                       # the digits encoder, 16x16, 2 x 128 images
   python benchmarks/step_bench.py --model=resnet50 --image_size=64 --batch=32
@@ -43,12 +46,14 @@ def parse_args():
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--steps_per_call", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--queue_size", type=int, default=4096, help="keys in the queue")
     return parser.parse_args()
 
 
-def make_config(args, method):
+def make_config(args, method, queue_size=0):
     config = digits.get_config()
     config.method = method
+    config.loss.queue_size = queue_size
     config.data.num_views = args.views
     config.train.global_batch_size = args.batch
     if args.model:
@@ -63,10 +68,12 @@ def make_config(args, method):
 
 def make_runner(args, config, jit_compile):
     strategy = tf.distribute.get_strategy()
-    model, optimizer, _, _ = train.build_stage_one(config, strategy, num_classes=NUM_CLASSES,
-                                                   num_train_examples=1000 * args.batch)
+    model, optimizer, checkpoint, _ = train.build_stage_one(
+        config, strategy, num_classes=NUM_CLASSES, num_train_examples=1000 * args.batch)
+    momentum = getattr(checkpoint, "momentum", None)
     loop = train.make_train_loop(
-        strategy, train.make_replica_step(config, model, optimizer, 1), jit_compile)
+        strategy, train.make_replica_step(config, model, optimizer, 1, momentum=momentum),
+        jit_compile)
     rng = np.random.default_rng(0)
     size = config.data.image_size
     batch = {"views": rng.uniform(size=(args.batch, args.views, size, size, 3)).astype(np.float32),
@@ -86,13 +93,15 @@ def make_runner(args, config, jit_compile):
 def main(args):
     runners = {(method, xla): make_runner(args, make_config(args, method), xla)
                for xla in (False, True) for method in ("supcon", "ce")}
+    runners[("supcon_queue", False)] = make_runner(
+        args, make_config(args, "supcon", args.queue_size), False)
     times = {key: [] for key in runners}
     for _ in range(args.rounds):
         for key, run in runners.items():
             times[key].append(run())
     ms = {key: statistics.median(values) for key, values in times.items()}
     for (method, xla), value in ms.items():
-        print(f"{method:7s} xla={xla!s:5s} {value:8.2f} ms/step")
+        print(f"{method:12s} xla={xla!s:5s} {value:8.2f} ms/step")
     config = make_config(args, "supcon")
     result = {
         "benchmark": "step_bench",
@@ -105,6 +114,8 @@ def main(args):
         "ratio_xla": round(ms[("supcon", True)] / ms[("ce", True)], 3),
         "xla_speedup_supcon": round(ms[("supcon", False)] / ms[("supcon", True)], 3),
         "target_ratio": 1.05,
+        "queue_size": args.queue_size, "supcon_queue_ms": round(ms[("supcon_queue", False)], 2),
+        "queue_ratio": round(ms[("supcon_queue", False)] / ms[("supcon", False)], 3),
     }
     print(json.dumps(result))
 

@@ -108,7 +108,9 @@ def describe(config):
             "base_temperature": loss.base_temperature, "scale": scale,
             "variant": loss.variant, "contrast_mode": loss.contrast_mode,
             "denominator_mode": loss.denominator_mode, "positives_cap": loss.positives_cap,
-            "block_size": loss.block_size}
+            "block_size": loss.block_size, "queue_size": loss.queue_size,
+            "key_momentum": config.model.momentum if loss.queue_size else None,
+            "cross_entropy_weight": loss.cross_entropy_weight}
     return {
         "method": method,
         "dataset": {"name": config.data.name, "num_classes": num_classes,

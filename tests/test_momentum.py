@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import load_config, mirrored_strategy
 
+from supcon_tf import config_validation
 from supcon_tf import momentum as momentum_lib
 from supcon_tf import train
 
@@ -269,3 +270,23 @@ def test_cross_entropy_weight_adds_weighted_cross_entropy_gradient_to_the_encode
     assert max(float(tf.reduce_max(tf.abs(g))) for g in ce) > 1e-3  # the term is not tiny
     for got, s, c in zip(applied, supcon, ce):
         np.testing.assert_allclose(got, s.numpy() + weight * c.numpy(), rtol=2e-3, atol=2e-5)
+
+
+# ---------------------------------------------------------------- config checks
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("loss.queue_size", 31, "smaller than the 32 keys"),
+    ("loss.queue_size", -1, "integer >= 0"),
+    ("model.momentum", 1.0, r"must be in \[0, 1\)"),
+    ("loss.cross_entropy_weight", -0.5, "number >= 0"),
+    ("loss.positives_cap", 2, "does not combine with a queue"),
+    ("method", "ce", "apply to supcon and simclr"),
+])
+def test_config_check_names_the_bad_queue_field(field, value, message):
+    config = load_config("digits_small_batch.py")
+    config_validation._check_momentum_queue(config)  # the shipped config passes
+    section, name = field.rsplit(".", 1) if "." in field else (None, field)
+    (config[section] if section else config)[name] = value
+    with pytest.raises(config_validation.ConfigError, match=message):
+        config_validation._check_momentum_queue(config)
