@@ -15,6 +15,7 @@ line is one JSON object with every run's top-1 and the mean per method and batch
 import argparse
 import json
 import os
+import runpy
 import statistics
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def run(method, batch, seed, workdir):
         return json.load(f)
 
 
-def plot(points, path):
+def plot(points, path, seeds):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -73,7 +74,8 @@ def plot(points, path):
     axes.set_xticks(batches, [str(b) for b in batches])
     axes.set_xlabel("global batch size (samples; 2 views each)")
     axes.set_ylabel("test top-1 (%)")
-    axes.set_title("digits, same epochs at every batch size")
+    epochs = runpy.run_path(os.path.join(REPO, CONFIG))["get_config"]().train.epochs
+    axes.set_title(f"digits, {epochs} epochs at every batch size, seed {seeds}")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -97,7 +99,7 @@ def main(args):
             per_seed = " ".join(f"{v:.3f}" for v in top1[method][batch].values())
             print(f"{method:13s} batch {batch:4d}: {per_seed}  mean {means[method][batch]:.3f}")
     if args.plot:
-        plot(means, args.plot)
+        plot(means, args.plot, ",".join(map(str, seeds)))
     print(json.dumps({
         "benchmark": "batch_size_sweep", "config": CONFIG, "seeds": seeds,
         "top1": {m: {str(b): {str(s): round(v, 4) for s, v in top1[m][b].items()}
