@@ -225,8 +225,9 @@ class ImageFolder:
                 extra = sorted(set(classes) - set(self.class_names))
                 raise ValueError(
                     f"image folder split {self._split_dir(split)} has other classes than "
-                    f"{self._split_dir(self._train_split)} (missing: {', '.join(missing) or 'none'}; extra: "
-                    f"{', '.join(extra) or 'none'}); every split needs the same class folders")
+                    f"{self._split_dir(self._train_split)} (missing: "
+                    f"{', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'}); "
+                    "every split needs the same class folders")
             paths, labels = [], []
             for label, name in enumerate(classes):
                 class_dir = tf.io.gfile.join(self._split_dir(split), name)
