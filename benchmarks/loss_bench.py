@@ -10,6 +10,10 @@ the loss. N = B * V rows, D = 128, V = 2 views, 100 classes.
     python benchmarks/loss_bench.py            # minutes; N = 32768 alone is several
     python benchmarks/loss_bench.py --sizes 2048 --blocked_size 4096  # smoke run
 
+The queue rows time N = --queue_batch batch contrasts plus Q queue entries
+(queue_features / queue_labels, a momentum encoder's keys) against the same
+batch without a queue.
+
 Prints a table, then one JSON object on the last line.
 """
 
@@ -43,13 +47,31 @@ def _loss_and_gradient_fn(tf, jit_compile, block_size):
     from supcon_tf.losses import supcon_loss
 
     @tf.function(jit_compile=jit_compile)
-    def loss_and_gradient(features, labels):
+    def loss_and_gradient(features, labels, queue_features=None, queue_labels=None):
         with tf.GradientTape() as tape:
             tape.watch(features)
-            loss = supcon_loss(features, labels, block_size=block_size)
+            loss = supcon_loss(
+                features, labels, block_size=block_size,
+                queue_features=queue_features, queue_labels=queue_labels,
+            )
         return loss, tape.gradient(loss, features)
 
     return loss_and_gradient
+
+
+def _best_ms(candidates, repeats):
+    """Best of `repeats` interleaved calls per candidate, after one untimed call."""
+    best = {name: float("inf") for name in candidates}
+    for name, (fn, args) in candidates.items():
+        fn(*args)[1].numpy()  # trace and compile outside the timing
+    # Interleaved, best of several: other processes share the CPU, and the
+    # minimum is the least disturbed measurement of each.
+    for _ in range(repeats):
+        for name, (fn, args) in candidates.items():
+            start = time.perf_counter()
+            fn(*args)[1].numpy()
+            best[name] = min(best[name], 1000 * (time.perf_counter() - start))
+    return best
 
 
 def _run_worker(spec):
@@ -74,6 +96,21 @@ def _run_worker(spec):
             and bool(tf.reduce_all(tf.math.is_finite(gradient))),
         }
 
+    if spec["kind"] == "queue":
+        keys, queue_labels = _inputs(tf, NUM_VIEWS * spec["queue_size"])
+        queue = (keys[:, 0], queue_labels)  # [Q, D] unit rows, [Q] classes
+        return _best_ms(
+            {
+                f"{mode}{suffix}": (_loss_and_gradient_fn(tf, mode == "xla", None), args)
+                for mode in ("xla", "graph")
+                for suffix, args in (
+                    ("", (features, labels)),
+                    ("_queue", (features, labels, *queue)),
+                )
+            },
+            repeats,
+        )
+
     rows = tf.reshape(features, [n, DIM])
 
     def three_matmuls(z):
@@ -86,17 +123,7 @@ def _run_worker(spec):
         "loss_xla": (_loss_and_gradient_fn(tf, True, None), (features, labels)),
         "loss_graph": (_loss_and_gradient_fn(tf, False, None), (features, labels)),
     }
-    best = {name: float("inf") for name in candidates}
-    for name, (fn, args) in candidates.items():
-        fn(*args)[1].numpy()  # trace and compile outside the timing
-    # Interleaved, best of several: other processes share the CPU, and the
-    # minimum is the least disturbed measurement of each.
-    for _ in range(repeats):
-        for name, (fn, args) in candidates.items():
-            start = time.perf_counter()
-            fn(*args)[1].numpy()
-            best[name] = min(best[name], 1000 * (time.perf_counter() - start))
-    return best
+    return _best_ms(candidates, repeats)
 
 
 def _in_subprocess(spec):
@@ -123,6 +150,10 @@ def main():
     parser.add_argument(
         "--blocked_jit", nargs="+", choices=["xla", "graph"], default=["xla"],
         help="compile modes of the blocked run (each takes minutes at N = 32768)",
+    )
+    parser.add_argument("--queue_batch", type=int, default=2048, help="N of the queue rows")
+    parser.add_argument(
+        "--queue_sizes", type=int, nargs="*", default=[4096], help="Q per queue row; none skips"
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,6 +202,17 @@ def main():
             }
         )
 
+    queue_rows = []
+    for queue_size in args.queue_sizes:
+        times = _in_subprocess(
+            {"kind": "queue", "n": args.queue_batch, "queue_size": queue_size,
+             "repeats": args.repeats}
+        )
+        queue_rows.append(
+            {"n": args.queue_batch, "queue_size": queue_size,
+             **{f"{name}_ms": round(ms, 1) for name, ms in times.items()}}
+        )
+
     print(f"supcon_loss forward + backward, D={DIM}, V={NUM_VIEWS}, {NUM_CLASSES} classes")
     print(
         f"{'N':>6} {'roofline ms':>12} {'XLA ms':>9} {'XLA x':>6} {'graph ms':>9} {'graph x':>8}"
@@ -189,6 +231,12 @@ def main():
             f" {row['first_call_ms']:>12.1f}"
             f" {row['peak_rss_mb']:>12}"
         )
+    print(f"{'N':>6} {'Q':>6} {'XLA ms':>9} {'+queue':>9} {'graph ms':>9} {'+queue':>9}")
+    for row in queue_rows:
+        print(
+            f"{row['n']:>6} {row['queue_size']:>6} {row['xla_ms']:>9.1f}"
+            f" {row['xla_queue_ms']:>9.1f} {row['graph_ms']:>9.1f} {row['graph_queue_ms']:>9.1f}"
+        )
     ratio_rows = [row for row in rows if row["n"] == RATIO_TARGET[0]]
     summary = {
         "benchmark": "loss",
@@ -197,6 +245,7 @@ def main():
         "num_classes": NUM_CLASSES,
         "sizes": rows,
         "blocked": blocked,
+        "queue": queue_rows,
         "ratio_target_met": (
             min(ratio_rows[0]["xla_ratio"], ratio_rows[0]["graph_ratio"]) <= RATIO_TARGET[1]
             if ratio_rows

@@ -259,7 +259,9 @@ def supcon_loss(
         # weights[b, s]: sample s (global batch, then queue) as a positive of
         # local sample b; the anchor's own sample always weighs 1.
         if mask is None:
-            columns = all_labels if queue_labels is None else tf.concat([all_labels, queue_labels], 0)
+            columns = all_labels
+            if queue_labels is not None:
+                columns = tf.concat([all_labels, queue_labels], 0)
             weights = multi_hot_mask(labels, columns)
         else:
             weights = tf.cast(mask, tf.float32)
