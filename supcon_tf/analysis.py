@@ -26,13 +26,19 @@ weight exp(similarity / 0.07), k = 200 (clipped to the training-set size).
 import json
 import posixpath
 
-import matplotlib
-import matplotlib.figure
-import ml_collections
-import numpy as np
-import tensorflow as tf
+from supcon_tf import cli
 
-from supcon_tf import data, evaluate, export
+if __name__ == "__main__":  # the command: TensorFlow's start-up messages off the terminal
+    cli.quiet_tensorflow_startup()
+    cli.import_tensorflow_quietly()
+
+import matplotlib  # noqa: E402
+import matplotlib.figure  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from supcon_tf import data, evaluate, export  # noqa: E402
 
 KNN_K = 200
 KNN_TEMPERATURE = 0.07
@@ -259,8 +265,6 @@ def _main():
     from absl import app, flags
     from ml_collections import config_flags
 
-    from supcon_tf import cli
-
     export_dir = flags.DEFINE_string("export_dir", None, "Directory written by export_hub.py.")
     output_dir = flags.DEFINE_string(
         "output_dir", None, "Where to write summary.json, projector/ and the plot."
@@ -275,6 +279,7 @@ def _main():
 
     def run(argv):
         del argv  # cli.parse_flags refused positional arguments
+        cli.show_library_info_off(__file__)
         try:
             summary = run_analysis(
                 export_dir.value, output_dir.value, config=config.value,

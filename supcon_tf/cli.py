@@ -4,7 +4,8 @@ main.py and export_hub.py call `quiet_tensorflow_startup` before anything import
 TensorFlow, parse their flags with `parse_flags`, call `show_library_info_off` once
 absl's logging is set up, and only then load TensorFlow, with
 `import_tensorflow_quietly`. This module imports no TensorFlow, so a bad flag fails
-in a fraction of a second.
+in a fraction of a second. `python -m supcon_tf.analysis` loads TensorFlow quietly
+before its flags parse (its module needs TensorFlow to import).
 
 What stays off the terminal, and how to bring it back:
 - TensorFlow's C++ log (CUDA stub probes, XLA service lines, CPU feature notices):

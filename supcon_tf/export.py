@@ -272,6 +272,7 @@ def export_from_workdir(workdir, export_dir, *, checkpoint=None, overwrite=False
         "linear_checkpoint": linear_checkpoint,
         "image_size": config.data.image_size,
         "num_classes": config.num_classes,
+        "class_names": list(config.get("class_names", [])),
         "exports": list(EXPORT_NAMES),
     }
     export_models(

@@ -87,9 +87,12 @@ def write_atomically(path, text):
 
 def save_config(config, workdir):
     """workdir/config.json: the resolved config; export rebuilds the model from it."""
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    write_atomically(os.path.join(workdir, "config.json"), text)
-    logging.info("config:\n%s", text)
+    path = os.path.join(workdir, "config.json")
+    write_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True))
+    # One line, without the class names (thousands for some datasets): the log shows the run.
+    shown = config.to_dict()
+    shown.pop("class_names", None)
+    logging.info("config (%s): %s", path, json.dumps(shown, sort_keys=True, default=str))
 
 
 def is_chief(strategy):
@@ -639,8 +642,8 @@ def evaluate_model(config, workdir, strategy, model, *, num_classes, num_train_e
 def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
     """Trains and/or evaluates; returns the results dict (None for mode="train").
 
-    Fills config.num_classes, writes workdir/config.json and, after evaluation,
-    workdir/results.json (atomically).
+    Fills config.num_classes and config.class_names, writes workdir/config.json and,
+    after evaluation, workdir/results.json (atomically).
     """
     start_time = time.time() if start_time is None else start_time
     if mode not in MODES:
@@ -651,6 +654,7 @@ def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
     info = data.dataset_info(config.data)
     with config.unlocked():
         config.num_classes = int(info.num_classes)
+        config.class_names = list(info.class_names)
     init_from.adopt_architecture(config)  # the source's encoder, when config.init_from is set
     if is_chief(strategy):
         save_config(config, workdir)
@@ -664,12 +668,13 @@ def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
         model, step = restore_for_eval(config, workdir, strategy, **sizes)
 
     results = {"method": config.method, "dataset": config.data.name, "seed": config.seed,
-               "eval_split": config.data.eval_split, "steps": step}
+               "eval_split": config.data.eval_split, "steps": step,
+               "class_names": list(config.class_names)}
     if config.get("init_from"):
         results["init_from"] = config.init_from
     results.update(evaluate_model(config, workdir, strategy, model, **sizes))
     results["wall_s"] = round(time.time() - start_time, 1)
-    logging.info("results: %s", results)
+    logging.info("results: %s", {k: v for k, v in results.items() if k != "class_names"})
     if is_chief(strategy):
         write_atomically(os.path.join(workdir, "results.json"),
                          json.dumps(results, indent=2, sort_keys=True, default=_to_builtin))

@@ -8,6 +8,8 @@ TensorFlow runs on the BFC host allocator, as main.py sets it up.
 
 import os
 import runpy
+import signal
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # as main.py runs; the suite is faster too
@@ -54,3 +56,34 @@ def load_config(filename, arg=None):
 def pytest_collection_modifyitems(items):
     """Tests marked slow run first, so that the suite's two workers (pytest.ini) end together."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def sigterm_after_first_loop(monkeypatch):
+    """Makes train's next steps_per_loop call end with a SIGTERM to this process (a
+    preemption); undo with monkeypatch.undo()."""
+    from supcon_tf import train
+
+    real_make_train_loop = train.make_train_loop
+
+    def loop_then_sigterm(*args):
+        loop = real_make_train_loop(*args)
+
+        def run(iterator, num_steps):
+            metrics = loop(iterator, num_steps)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return metrics
+        return run
+
+    monkeypatch.setattr(train, "make_train_loop", loop_then_sigterm)
+
+
+def import_main(monkeypatch):
+    """The main.py module, imported without leaking its TF_CPP_MIN_LOG_LEVEL default
+    into later tests' subprocesses."""
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    sys.path.insert(0, REPO)
+    try:
+        import main
+    finally:
+        sys.path.remove(REPO)
+    return main

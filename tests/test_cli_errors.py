@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from conftest import load_config
+from conftest import import_main, load_config
 
 from supcon_tf import config_validation
 
@@ -291,22 +291,15 @@ def test_entry_point_exits_with_one_error_line(entry_point_runs, name):
     assert "Traceback" not in output, output[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected.format(tmp=tmp) in errors[0], output[-3000:]
-    if ENTRY_POINT_CASES[name][0][:2] != ANALYSIS:  # analysis is a library module too
-        # Nothing but the run's own lines: TensorFlow's start-up stays off the terminal.
-        others = [line for line in done.stderr.splitlines()
-                  if not line.startswith("error: ") and "main.py:" not in line
-                  and "strategy.py:" not in line]
-        assert not others, output[-3000:]
+    # Nothing but the run's own lines: TensorFlow's start-up stays off the terminal.
+    others = [line for line in done.stderr.splitlines()
+              if not line.startswith("error: ") and "main.py:" not in line
+              and "strategy.py:" not in line]
+    assert not others, output[-3000:]
 
 
 def test_main_modes_are_train_modes_and_describe(monkeypatch):
-    # main.py sets TF_CPP_MIN_LOG_LEVEL on import; keep it out of later tests' subprocesses.
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-    sys.path.insert(0, REPO)
-    try:
-        import main
-    finally:
-        sys.path.remove(REPO)
+    main = import_main(monkeypatch)
     from supcon_tf import train
 
     assert main.MODES == train.MODES + ("describe",)

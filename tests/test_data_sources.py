@@ -4,6 +4,9 @@ Every image a test writes is a solid colour that encodes (class, number), so a
 decoded image names the file it came from, whatever crop or resize it went through.
 """
 
+import json
+import os
+
 import ml_collections
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import load_config
 
-from supcon_tf import config_validation, data
+from supcon_tf import config_validation, data, export, train
 from supcon_tf.data import balanced as balanced_lib
 from supcon_tf.data import datasets as datasets_lib
 from supcon_tf.data import sources
@@ -204,6 +207,29 @@ def test_folder_errors_are_one_clear_line(tmp_path):
                                {"train": {"a": 1, "b": 1, "c": 1}, "test": {"a": 1, "d": 1}})
     message = _error(_config(mismatched))
     assert "missing: b, c; extra: d" in message and "same class folders" in message
+
+
+def test_a_run_on_a_folder_records_its_class_names_in_config_results_and_export(folder,
+                                                                               tmp_path):
+    config = load_config("digits.py", "tiny")
+    config.data.update(dict(name="image_folder", data_dir=folder, shuffle_buffer=16))
+    config.train.global_batch_size = config.linear.global_batch_size = 4
+    config.eval.batch_size = 4
+    config.linear.epochs = 1
+    workdir, export_dir = str(tmp_path / "run"), str(tmp_path / "export")
+    config_validation.validate(config, num_replicas=1, workdir=workdir)
+    results = train.run(config, workdir, tf.distribute.get_strategy())
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved_config = json.load(f)
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved_results = json.load(f)
+    info = export.export_from_workdir(workdir, export_dir)
+    with open(os.path.join(export_dir, export.EXPORT_INFO_FILE)) as f:
+        saved_info = json.load(f)
+    names = sorted(TRAIN)
+    assert saved_config["class_names"] == saved_results["class_names"] == names
+    assert results["class_names"] == info["class_names"] == saved_info["class_names"] == names
+    assert results["num_eval_examples"] == sum(TEST.values())
 
 
 # ---------------------------------------------------------------------------- TFDS by name

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, import_main
 
 
 @pytest.mark.slow
@@ -58,16 +57,16 @@ def test_main_shows_the_run_not_tensorflows_start_up(tmp_path):
     assert len(progress) >= 2, done.stderr[-3000:]
     noise = [line for line in done.stderr.splitlines() if any(n in line for n in START_UP_NOISE)]
     assert not noise, "\n".join(noise)
+    # The config is one line of JSON, not a page, and without the class names.
+    config_lines = [line for line in done.stderr.splitlines() if "config (" in line]
+    assert len(config_lines) == 1, done.stderr[-3000:]
+    logged = json.loads(config_lines[0].split("): ", 1)[1])
+    assert logged["data"]["name"] == "digits" and "class_names" not in logged
+    assert json.loads((tmp_path / "config.json").read_text())["class_names"] == list("0123456789")
 
 
 def test_default_workdir_follows_the_config_name(monkeypatch):
-    # main.py sets TF_CPP_MIN_LOG_LEVEL on import; keep it out of later tests' subprocesses.
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-    sys.path.insert(0, REPO)
-    try:
-        import main
-    finally:
-        sys.path.remove(REPO)
+    main = import_main(monkeypatch)
     assert main.default_workdir("configs/imagenet_r50.py") == os.path.join("runs", "imagenet_r50")
     assert main.default_workdir("configs/digits.py:tiny") == os.path.join("runs", "digits_tiny")
 

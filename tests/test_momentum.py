@@ -2,12 +2,11 @@
 (config.loss.cross_entropy_weight) in stage one's step."""
 
 import os
-import signal
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_config, mirrored_strategy
+from conftest import load_config, mirrored_strategy, sigterm_after_first_loop
 
 from supcon_tf import config_validation
 from supcon_tf import momentum as momentum_lib
@@ -201,22 +200,11 @@ def test_run_preempted_while_filling_resumes_bit_for_bit(tmp_path, monkeypatch):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     train.train(config, straight, strategy, **sizes)
 
-    real_make_train_loop = train.make_train_loop
-
-    def loop_then_sigterm(*args):
-        loop = real_make_train_loop(*args)
-
-        def run(iterator, num_steps):
-            metrics = loop(iterator, num_steps)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return metrics
-        return run
-
-    monkeypatch.setattr(train, "make_train_loop", loop_then_sigterm)
+    sigterm_after_first_loop(monkeypatch)
     with pytest.raises(train.Preempted):
         train.train(config, resumed, strategy, **sizes)
     assert tf.train.latest_checkpoint(os.path.join(resumed, "checkpoints")).endswith("ckpt-2")
-    monkeypatch.setattr(train, "make_train_loop", real_make_train_loop)
+    monkeypatch.undo()
     train.train(config, resumed, strategy, **sizes)
 
     expected, actual = checkpoint_values(straight), checkpoint_values(resumed)

@@ -2,12 +2,11 @@
 
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_config, mirrored_strategy
+from conftest import load_config, mirrored_strategy, sigterm_after_first_loop
 
 from supcon_tf import evaluate, train
 from supcon_tf import strategy as strategy_lib
@@ -123,23 +122,12 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path, monkeypatc
     _, steps = train.train(config, straight, strategy, **sizes)
 
     resumed = str(tmp_path / "resumed")
-    real_make_train_loop = train.make_train_loop
-
-    def loop_that_gets_sigterm(*args):
-        loop = real_make_train_loop(*args)
-
-        def first_call_then_sigterm(iterator, num_steps):
-            metrics = loop(iterator, num_steps)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return metrics
-        return first_call_then_sigterm
-
-    monkeypatch.setattr(train, "make_train_loop", loop_that_gets_sigterm)
+    sigterm_after_first_loop(monkeypatch)
     with pytest.raises(train.Preempted):
         train.train(config, resumed, strategy, **sizes)
     saved = tf.train.latest_checkpoint(os.path.join(resumed, "checkpoints"))
     assert saved.endswith(f"ckpt-{config.train.steps_per_loop}")
-    monkeypatch.setattr(train, "make_train_loop", real_make_train_loop)
+    monkeypatch.undo()
     _, resumed_steps = train.train(config, resumed, strategy, **sizes)
 
     assert resumed_steps == steps == 1437 // config.train.global_batch_size

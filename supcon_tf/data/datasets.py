@@ -130,21 +130,25 @@ def decode_and_batch(indexed_records, decode_fn, *, batch_size, drop_remainder, 
         check = tf.debugging.assert_less(
             tf.reduce_max(gaps), tf.constant(MAX_CONSECUTIVE_DECODE_FAILURES, tf.int64),
             message=_corrupt_message("in a row"))
-
-        def log_failures():
-            log = tf.print("supcon_tf.data: skipped", skipped, "records that failed to decode; "
-                           "skipped so far:", total, output_stream=sys.stderr)
-            with tf.control_dependencies([log]):
-                return tf.constant(True)
-
-        with tf.control_dependencies([check]):
-            logged = tf.cond(skipped > 0, log_failures, lambda: tf.constant(False))
-        with tf.control_dependencies([logged]):
-            batch = tf.nest.map_structure(tf.identity, batch)
+        batch = _checked_and_logged(batch, check, skipped, "supcon_tf.data: skipped", skipped,
+                                    "records that failed to decode; skipped so far:", total)
         return (indices[-1], total), batch
 
     start = (tf.constant(first_index - 1, tf.int64), tf.constant(0, tf.int64))
     return dataset.scan(start, count_failures)
+
+
+def _checked_and_logged(batch, check, count, *message):
+    """batch, once the assertion `check` has passed and, when count > 0, message has been
+    printed to stderr (a per-batch log of decode failures inside the pipeline)."""
+    def log():
+        with tf.control_dependencies([tf.print(*message, output_stream=sys.stderr)]):
+            return tf.constant(True)
+
+    with tf.control_dependencies([check]):
+        logged = tf.cond(count > 0, log, lambda: tf.constant(False))
+    with tf.control_dependencies([logged]):
+        return tf.nest.map_structure(tf.identity, batch)
 
 
 # ---------------------------------------------------------------------------- pipelines
@@ -251,18 +255,9 @@ def balanced_train_pipeline(keys, labels, spec, *, batch_size, samples_per_class
                     "(config.data.samples_per_class); check the class folders or the dataset")
         replaced = examples_per_step - tf.size(tf.unique(indices).y, out_type=tf.int64)
         total += replaced
-
-        def log_replaced():
-            log = tf.print("supcon_tf.data: replaced", replaced, "images that failed to decode "
-                           "by others of their class; replaced so far:", total,
-                           output_stream=sys.stderr)
-            with tf.control_dependencies([log]):
-                return tf.constant(True)
-
-        with tf.control_dependencies([aligned]):
-            logged = tf.cond(replaced > 0, log_replaced, lambda: tf.constant(False))
-        with tf.control_dependencies([logged]):
-            batch = tf.nest.map_structure(tf.identity, batch)
+        batch = _checked_and_logged(batch, aligned, replaced, "supcon_tf.data: replaced",
+                                    replaced, "images that failed to decode by others of their "
+                                    "class; replaced so far:", total)
         return (step + 1, total), batch
 
     start = (tf.constant(start_step, tf.int64), tf.constant(0, tf.int64))
