@@ -7,9 +7,9 @@ denominator, and a cap on the positives per anchor. Views are flattened
 sample-major: row b * V + v of the [B * V, D] matrix is view v of sample b.
 
 Inside `strategy.run` with several replicas the local rows are the anchors and
-the all-gathered global batch is the set of contrasts. Each replica returns the
-mean over its own anchors; the gradient of the gathered contrasts flows back
-through `all_gather` to the replica owning each row. To train on exactly the
+the gathered global batch (`cross_replica.gather_rows`) is the set of contrasts.
+Each replica returns the mean over its own anchors; the gradient of the gathered
+contrasts flows back to the replica owning each row. To train on exactly the
 single-device loss of the global batch, divide the per-replica loss by
 `num_replicas_in_sync` before taking gradients and sum the gradients across
 replicas (what Keras optimizers and `strategy.reduce(SUM, ...)` do): the mean
@@ -46,6 +46,8 @@ pass recomputes each block and differentiates it alone.
 
 import keras
 import tensorflow as tf
+
+from supcon_tf import cross_replica
 
 VARIANTS = ("out", "in")
 CONTRAST_MODES = ("all", "one")
@@ -225,14 +227,9 @@ def supcon_loss(
 
     # The gather sits here, outside any nested tf.function, because XLA and
     # MirroredStrategy cannot compile a nested function holding it.
-    replica_context = tf.distribute.get_replica_context()
-    num_replicas = replica_context.num_replicas_in_sync if replica_context else 1
-    if num_replicas > 1:
-        all_features = replica_context.all_gather(features, axis=0)
-        all_labels = replica_context.all_gather(labels, axis=0) if labels is not None else None
-        first_sample = tf.cast(replica_context.replica_id_in_sync_group, tf.int32) * batch
-    else:
-        all_features, all_labels, first_sample = features, labels, tf.constant(0, tf.int32)
+    all_features = cross_replica.gather_rows(features)
+    all_labels = cross_replica.gather_rows(labels) if labels is not None else None
+    first_sample = cross_replica.replica_id() * batch
     global_batch = tf.shape(all_features)[0]
 
     if contrast_mode == "all":
@@ -441,11 +438,13 @@ def supcon_loss(
 
     num_anchors = tf.reduce_sum(tf.cast(has_loss, tf.float32))
     one_view = not isinstance(num_views, int) or num_views == 1
+    num_replicas = cross_replica.num_replicas()
     if num_replicas > 1 and (one_view or weighted):
         # With one view or a mask, replicas can differ in how many anchors
         # have a loss; normalizing by the global count keeps the mean of the
         # per-replica losses equal to the global loss.
-        global_anchors = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, num_anchors)
+        global_anchors = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, num_anchors)
         num_anchors = global_anchors / num_replicas
     loss = tf.math.divide_no_nan(tf.reduce_sum(per_anchor_loss), tf.stop_gradient(num_anchors))
     if base_temperature is not None:
@@ -563,9 +562,7 @@ def _checked_positive_sets(features, labels, mask, queue_features, queue_labels,
                 "positives_cap needs class ids; with a mask set positives_cap=None."
             )
         mask = tf.convert_to_tensor(mask)
-        replica_context = tf.distribute.get_replica_context()
-        num_replicas = replica_context.num_replicas_in_sync if replica_context else 1
-        global_batch = batch * num_replicas if batch is not None else None
+        global_batch = batch * cross_replica.num_replicas() if batch is not None else None
         columns = [global_batch]
         if queue_features is not None:
             queue_size = queue_features.shape[0]
@@ -898,9 +895,7 @@ class SupConLoss(keras.losses.Loss):
             loss = self.call(y_true, tf.cast(y_pred, self.dtype))
             # The same replica context supcon_loss gathers over: divide exactly
             # when it returned a per-replica loss of the global batch.
-            replica_context = tf.distribute.get_replica_context()
-            if replica_context is not None and replica_context.num_replicas_in_sync > 1:
-                loss = loss / replica_context.num_replicas_in_sync
+            loss = loss / cross_replica.num_replicas()
             return loss
 
     def call(self, y_true, y_pred):
