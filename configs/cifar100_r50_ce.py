@@ -1,7 +1,7 @@
 r"""cross-entropy ResNet-50 (CIFAR stem) on CIFAR-100, the PyTorch reference's recipe.
 
 Paper row: Table 2, CIFAR-100 cross-entropy ResNet-50: 75.3% top-1. The reference runs the
-CIFAR-10 commands with `--dataset cifar100` (../shared/RECIPES.md section 9), so this
+CIFAR-10 commands with `--dataset cifar100` (docs/recipes.md), so this
 is configs/cifar10_r50_ce.py with CIFAR-100 and its mean/std
 (0.5071, 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761).
 Deviation (named in the README): the last epoch is reported where the reference

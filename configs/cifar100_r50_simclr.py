@@ -1,7 +1,7 @@
 r"""SimCLR ResNet-50 (CIFAR stem) on CIFAR-100, the PyTorch reference's recipe.
 
 Paper row: the reference README's CIFAR-100 SimCLR ResNet-50: 70.7% top-1. It runs the
-CIFAR-10 commands with `--dataset cifar100` (../shared/RECIPES.md section 9), so this
+CIFAR-10 commands with `--dataset cifar100` (docs/recipes.md), so this
 is configs/cifar10_r50_simclr.py with CIFAR-100 and its mean/std
 (0.5071, 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761).
 Deviation (named in the README): the last epoch is reported where the reference

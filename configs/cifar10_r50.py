@@ -2,7 +2,7 @@ r"""SupCon ResNet-50 on CIFAR-10 (CIFAR stem), the PyTorch reference's recipe.
 
 Paper row: Table 2, CIFAR-10 SupCon ResNet-50: 96.0% top-1. The paper's CIFAR numbers
 come from HobbitLong/SupContrast (the google-research README says so), so this row
-follows it value by value (../shared/RECIPES.md sections 1 "SC mechanics" and 6):
+follows it value by value (docs/recipes.md):
   stage one   `main_supcon.py --batch_size 1024 --learning_rate 0.5 --temp 0.1 --cosine`:
               1000 epochs, SGD momentum 0.9, lr 0.5 (base 0.125 per 256), warmup over 10
               epochs from 0.01, cosine per epoch to lr * 1e-3, weight decay 1e-4 on every

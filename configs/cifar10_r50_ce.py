@@ -1,8 +1,8 @@
 r"""Cross-entropy baseline, ResNet-50 (CIFAR stem) on CIFAR-10, the PyTorch reference's recipe.
 
 Paper row: Table 2, CIFAR-10 cross-entropy ResNet-50: 95.0% top-1. The reference's
-`main_ce.py --batch_size 1024 --learning_rate 0.8 --cosine` (../shared/RECIPES.md
-section 7): 500 epochs, SGD momentum 0.9, lr 0.8 (base 0.2 per 256), warmup over 10
+`main_ce.py --batch_size 1024 --learning_rate 0.8 --cosine` (docs/recipes.md): 500
+epochs, SGD momentum 0.9, lr 0.8 (base 0.2 per 256), warmup over 10
 epochs from 0.01, cosine per epoch to lr * 1e-3, weight decay 1e-4 on every
 parameter; one view per image with crops 0.2-1 and flips only; SupCEResNet's Linear
 classifier on the raw embedding, trained through the encoder; no label smoothing.

@@ -1,9 +1,9 @@
 r"""SupCon ResNet-101 on ImageNet.
 
-Paper row: Table 2, SupCon ResNet-101 (AutoAugment); the paper's ResNet-101 figure is
-not settled in RECIPES.md, so none is promised here. Official recipe: google-research
+Paper row: Table 2, SupCon ResNet-101 (AutoAugment); no ResNet-101 figure is confirmed
+by the sources this project follows, so none is promised here. Official recipe: google-research
 `supcon/scripts/supcon_imagenet_resnet101.sh`, otherwise configs/imagenet_r50.py
-(../shared/RECIPES.md section 3): global batch 4096, LARS base lr 0.4 (peak 6.4),
+(docs/recipes.md): global batch 4096, LARS base lr 0.4 (peak 6.4),
 350 epochs, weight decay 1e-4; stage two RMSProp base 0.05 (peak 0.8), x0.97 every
 0.5 epoch, 90 epochs, L2 1e-6.
 

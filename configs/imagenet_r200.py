@@ -2,7 +2,7 @@ r"""SupCon ResNet-200 on ImageNet with Stacked RandAugment.
 
 Paper row: Table 2 and the abstract, SupCon ResNet-200: 81.4% top-1. Official recipe:
 google-research `supcon/scripts/supcon_imagenet_resnet200.sh`, otherwise
-configs/imagenet_r50.py (../shared/RECIPES.md section 3): global batch 4096, 700
+configs/imagenet_r50.py (docs/recipes.md): global batch 4096, 700
 epochs, LARS base lr 0.2 (peak 3.2), weight decay 1e-4; STACKED_RANDAUGMENT at
 magnitude 1.0: TF-style colour jitter (0.8/0.8/0.8/0.2, p 0.8), RandAugment N 2 M 10,
 grayscale p 0.2, blur p 0.5; stage two RMSProp base 0.05 (peak 0.8), 90 epochs.

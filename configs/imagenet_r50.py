@@ -3,7 +3,7 @@ r"""SupCon ResNet-50 on ImageNet: the paper's headline row.
 Paper row: Table 2 (ImageNet top-1), SupCon ResNet-50 with AutoAugment: 78.7%.
 Official recipe: google-research `supcon/scripts/supcon_imagenet_resnet50.sh` with
 the SUPCON / CONTRASTIVE / IMAGENET / TPU groups of `configs.sh`, value by value
-(../shared/RECIPES.md section 2):
+(docs/recipes.md):
   stage one   350 epochs, global batch 6144, LARS (momentum 0.9, eta 0.001), base lr 0.4
               (peak 9.6), 12 warmup epochs, cosine to 0, weight decay 1e-3 inside LARS on
               the encoder and projection head (biases yes, batch norm no); SupCon L_out at

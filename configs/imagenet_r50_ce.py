@@ -2,7 +2,7 @@ r"""Cross-entropy baseline, ResNet-50 on ImageNet.
 
 Paper row: Table 2, cross-entropy ResNet-50 with AutoAugment: 78.2% top-1. Official
 recipe: google-research `supcon/scripts/cross_entropy_imagenet_resnet50.sh` with the
-XENT group of `configs.sh` (../shared/RECIPES.md section 4): one stage of 200 epochs,
+XENT group of `configs.sh` (docs/recipes.md): one stage of 200 epochs,
 global batch 6144, Nesterov momentum 0.9, base lr 0.1 (peak 2.4), 12 warmup epochs,
 cosine; L2 weight decay 1e-4 on the encoder and the classifier (biases yes, batch
 norm no); the classifier on the raw 2048-d embedding, trained through the encoder;

@@ -2,7 +2,7 @@ r"""SimCLR (self-supervised contrastive) baseline, ResNet-50 on ImageNet.
 
 Paper row: Table 2's SimCLR ResNet-50 reference: 70.2% top-1. Official recipe:
 google-research `supcon/scripts/simclr_imagenet_resnet50.sh` with the SIMCLR group of
-`configs.sh` (../shared/RECIPES.md section 5): labels withheld from the loss, T 0.1
+`configs.sh` (docs/recipes.md): labels withheld from the loss, T 0.1
 without scaling; global batch 6144, 100 epochs, LARS base lr 0.3 (peak 7.2), 12
 warmup epochs, cosine, weight decay 1e-4; projection: the raw 2048-d embedding
 through [Dense 2048 (no bias), BN, ReLU] x 2, then Dense 128 (no bias), L2; the
