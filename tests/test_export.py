@@ -192,6 +192,7 @@ def test_tfsm_layer_in_keras3(exported):
     np.testing.assert_allclose(outputs["logits"], reference["linear_logits"], atol=ATOL)
 
 
+@pytest.mark.tf_keras
 def test_hub_keras_layer_inference_and_finetuning(exported):
     import tensorflow_hub as hub  # uses tf_keras since tf.keras is Keras 3 here
     import tf_keras

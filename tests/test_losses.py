@@ -406,6 +406,7 @@ def test_block_size_gives_the_same_value_and_gradient(
     "options",
     [dict(), dict(denominator_mode="one_positive", positives_cap=2), dict(positives_cap=2)],
 )
+@pytest.mark.host_xla
 def test_loss_and_gradient_compile_with_xla(block_size, options):
     features = normalized_features(9, 8, 2, 5)
     kwargs = dict(variant="in", block_size=block_size, **options)

@@ -203,6 +203,7 @@ def test_empty_queue_changes_nothing():
 @pytest.mark.parametrize(
     "options", [dict(), dict(variant="in", block_size=5), dict(denominator_mode="one_positive")]
 )
+@pytest.mark.host_xla
 def test_queue_compiles_with_xla(options):
     features = normalized(8, (6, 2, 4))
     queue = normalized(9, (9, 4))
@@ -502,6 +503,7 @@ def test_keras_loss_takes_multi_hot_labels():
 @pytest.mark.parametrize(
     "options", [dict(), dict(variant="in", block_size=5), dict(denominator_mode="one_positive")]
 )
+@pytest.mark.host_xla
 def test_mask_and_multi_hot_compile_with_xla(options):
     features = normalized(35, (6, 2, 4))
     queue = normalized(36, (5, 4))

@@ -523,6 +523,7 @@ def test_classifier_loss_leaves_the_encoder_untouched():
     assert any(g is not None and np.any(g.numpy()) for g in encoder_grads)
 
 
+@pytest.mark.host_xla
 def test_xla_forward_and_backward_match_eager():
     model = models.ContrastiveModel(_small_resnet(), projection_dims=(16, 8), num_classes=4)
     x = _images(4, 8)

@@ -170,6 +170,7 @@ def test_four_replicas_hold_one_queue_equal_to_the_one_device_run():
 
 
 @pytest.mark.slow
+@pytest.mark.host_xla
 def test_single_replica_step_with_the_queue_compiles_with_xla():
     config = queue_config(global_batch_size=16, queue_size=32)
     config.optim.name = "lars"

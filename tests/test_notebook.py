@@ -29,6 +29,7 @@ def test_notebook_is_colab_ready_and_stored_without_outputs():
 
 
 @pytest.mark.slow
+@pytest.mark.tf_keras
 def test_notebook_runs_end_to_end(tmp_path_factory, tmp_path, monkeypatch):
     exported = shared_export(tmp_path_factory)
     output_dir = tmp_path / "notebook_out"

@@ -518,6 +518,7 @@ def test_build_optimizer_under_mirrored_strategy(name):
 
 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.host_xla
 def test_build_optimizer_inside_jit_compiled_function(name):
     init, grads = random_problem([(3, 4), (4,)], steps=3, seed=5)
     config = optim_config(name=name, base_lr=0.3, weight_decay=0.05, warmup_epochs=1,

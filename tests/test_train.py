@@ -100,6 +100,7 @@ def test_four_replicas_take_the_one_device_step_on_the_global_batch(four_replica
         np.testing.assert_allclose(four, one, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.host_xla
 def test_whole_train_step_compiles_with_xla():
     """TPU-readiness: model, SupCon loss, gradient and LARS update under jit_compile=True."""
     config = tiny_config("supcon", global_batch_size=16)
@@ -394,6 +395,7 @@ def test_four_replicas_take_the_one_device_stage_two_step(four_replicas):
         np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.host_xla
 def test_stage_two_step_compiles_with_xla():
     """TPU-readiness of stage two: frozen encoder on batch statistics, head, RMSProp update."""
     config = official_stage_two(tiny_config("supcon"))
