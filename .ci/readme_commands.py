@@ -1,6 +1,6 @@
-"""Runs the README's commands in a fresh venv after its plain install, `pip install -e .`.
+"""Runs the README's commands in a fresh venv after the README's install line for a lane.
 
-    python .ci/readme_commands.py [--list]
+    python .ci/readme_commands.py [--lane=default|tpu] [--list | --test-command]
 
 The commands are read from README.md's indented code lines, so what is checked is
 what the README says: the install-and-train line (`pip install -e . && python
@@ -11,9 +11,19 @@ and accelerators), `python export_hub.py`, `python -m supcon_tf.analysis` and
 [optional] parts are not commands. Each command runs once, in README order, from
 the repository root, with PATH leading to the venv; `/tmp/` in a command becomes a
 fresh scratch directory so that earlier runs cannot satisfy it. Any non-zero exit
-fails the check. --list prints the commands without running them.
+fails the check.
+
+Lanes: `default` installs with the README's plain `pip install -e .`; `tpu` with the
+README's Cloud TPU line (`SUPCON_TF_TARGET=tpu pip install ...`: the TPU wheel,
+tensorflow-tpu) in its place, and TPU_SKIP_MDS_QUERY=1 so that TensorFlow starts
+without a TPU attached instead of waiting minutes on metadata queries; the other
+commands are the same offline ones. --list prints the lane's commands without
+running them; --test-command prints the lane's install-and-test line (the README's
+`pip install -e ".[test]" && pytest`, or its TPU line followed by `&& pytest`),
+which .ci/run runs.
 """
 
+import argparse
 import os
 import re
 import shlex
@@ -29,18 +39,50 @@ COMMAND_STARTS = (f"{INSTALL} &&", "python main.py ", "python export_hub.py ",
 # Configs whose default data is the embedded digits, so they run anywhere.
 DIGITS_CONFIGS = ("configs/digits.py", "configs/digits_ce.py", "configs/digits_small_batch.py",
                   "configs/transfer.py")
+LANES = ("default", "tpu")
+# The README's Cloud TPU install line starts so; setup.py reads the variable.
+TPU_INSTALL_START = "SUPCON_TF_TARGET=tpu pip install "
+TEST_END = " && pytest"
 # Each kind the README documents must be found, or the parsing has drifted from it.
 REQUIRED = (f"{INSTALL} && python main.py --config=configs/digits.py", "python export_hub.py",
             "python -m supcon_tf.analysis", "--mode=describe")
 
 
-def readme_commands(text):
-    """The README's runnable commands, split at && and without repeats, in order."""
-    lines = []
-    for line in text.splitlines():
-        match = re.match(r"^ {4}(\S.*)$", line)
-        if match and match.group(1).startswith(COMMAND_STARTS) and "[" not in line:
-            lines.append(match.group(1).split("  #")[0].strip())
+def code_lines(text):
+    """README.md's indented code lines, without trailing comments."""
+    return [match.group(1).split("  #")[0].strip() for match in
+            (re.match(r"^ {4}(\S.*)$", line) for line in text.splitlines()) if match]
+
+
+def _only(lines, what):
+    if len(lines) != 1:
+        sys.exit(f"README.md has {len(lines)} {what} {lines}, not one; "
+                 "update README.md or .ci/readme_commands.py")
+    return lines[0]
+
+
+def install_line(text, lane):
+    """The README's install command for a lane: its plain one, or its Cloud TPU line."""
+    if lane == "default":
+        return INSTALL
+    return _only([line for line in code_lines(text) if line.startswith(TPU_INSTALL_START)],
+                 f"lines starting {TPU_INSTALL_START!r}")
+
+
+def test_command(text, lane):
+    """The README's install-and-test line; for the tpu lane, its TPU install line instead."""
+    if lane == "tpu":
+        return install_line(text, lane) + TEST_END
+    return _only([line for line in code_lines(text)
+                  if line.startswith("pip install -e ") and line.endswith(TEST_END)],
+                 f"lines `pip install -e ...{TEST_END}`")
+
+
+def readme_commands(text, lane="default"):
+    """The README's runnable commands for a lane, split at && and without repeats, in
+    order; the tpu lane installs with the README's TPU line."""
+    lines = [line for line in code_lines(text)
+             if line.startswith(COMMAND_STARTS) and "[" not in line]
     missing = [kind for kind in REQUIRED if not any(kind in line for line in lines)]
     if missing or not lines[0].startswith(f"{INSTALL} &&"):
         sys.exit(f"README.md's commands {lines} lack one like {missing or INSTALL} (first); "
@@ -53,15 +95,28 @@ def readme_commands(text):
             print(f"skipped (needs its dataset or accelerator): {part}")
         elif part not in commands:
             commands.append(part)
+    commands[0] = install_line(text, lane)  # the first line's `pip install -e .`, or the TPU line
     return commands
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lane", choices=LANES, default="default")
+    show = parser.add_mutually_exclusive_group()
+    show.add_argument("--list", action="store_true", help="print the commands, run nothing")
+    show.add_argument("--test-command", action="store_true",
+                      help="print the lane's install-and-test line, run nothing")
+    args = parser.parse_args()
     with open(os.path.join(REPO, "README.md")) as f:
-        commands = readme_commands(f.read())
-    if sys.argv[1:] == ["--list"]:
+        text = f.read()
+    if args.test_command:
+        print(test_command(text, args.lane))
+        return
+    commands = readme_commands(text, args.lane)
+    if args.list:
         print("\n".join(commands))
         return
+    print(f"README commands, {args.lane} lane: installed with `{commands[0]}`", flush=True)
     with tempfile.TemporaryDirectory(prefix="readme_commands_") as scratch:
         venv = os.path.join(scratch, "venv")
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
@@ -69,6 +124,8 @@ def main():
                    PATH=os.path.join(venv, "bin") + os.pathsep + os.environ["PATH"])
         env.pop("PYTHONPATH", None)
         env.pop("PYTHONHOME", None)
+        if args.lane == "tpu":
+            env["TPU_SKIP_MDS_QUERY"] = "1"
         for command in commands:
             command = command.replace("/tmp/", f"{scratch}/")
             print(f"$ {command}", flush=True)
@@ -78,7 +135,8 @@ def main():
             if done.returncode:
                 sys.exit(f"README command failed with exit status {done.returncode}: "
                          f"{shlex.quote(command)}")
-    print(f"all {len(commands)} README commands passed after `{INSTALL}` in a fresh venv")
+    print(f"all {len(commands)} README commands passed ({args.lane} lane) after "
+          f"`{commands[0]}` in a fresh venv")
 
 
 if __name__ == "__main__":
