@@ -1,6 +1,6 @@
 """`--mode=describe` of every paper row against the official recipe, written by hand.
 
-OFFICIAL holds the values of ../shared/RECIPES.md (google-research supcon/ scripts for
+OFFICIAL holds the values of docs/recipes.md (google-research supcon/ scripts for
 the ImageNet rows, HobbitLong/SupContrast for the CIFAR rows), typed in from the
 tables there; the learning rates at 25/50/75 % of each stage are recomputed here from
 the official schedule formulas, not taken from supcon_tf.optim.
@@ -24,7 +24,7 @@ R101_ENCODER_PARAMS = 44_549_160 - 2_049_000
 
 
 def gr_imagenet_supcon(**changes):
-    """RECIPES.md section 2, with the section 3 changes for ResNet-101/200."""
+    """docs/recipes.md, ImageNet ResNet-50, with the ResNet-101/200 changes."""
     row = {
         "method": "supcon", "train_examples": IMAGENET_TRAIN, "num_classes": 1000,
         "s1": dict(optimizer="lars", momentum=0.9, batch=6144, epochs=350, base_lr=0.4,
@@ -57,7 +57,7 @@ def gr_imagenet_supcon(**changes):
 
 
 def sc_cifar(dataset, **changes):
-    """RECIPES.md sections 1 ("SC mechanics"), 6 and 9: the PyTorch reference."""
+    """docs/recipes.md: what every SC row shares, CIFAR-10 and CIFAR-100 (PyTorch)."""
     cifar100 = dataset == "cifar100"
     row = {
         "method": "supcon", "train_examples": CIFAR_TRAIN, "num_classes": 100 if cifar100 else 10,
@@ -134,7 +134,7 @@ for _dataset in ("cifar10", "cifar100"):
 
 
 def official_lr(stage, examples, step):
-    """The official schedule at `step`, from RECIPES.md section 1 "LR" and "SC mechanics"."""
+    """The official schedule at `step`, from docs/recipes.md ("Learning rate", SC rows)."""
     peak = stage["base_lr"] * stage["batch"] / 256
     per_epoch = examples / stage["batch"]
     total = int(stage["epochs"] * per_epoch)

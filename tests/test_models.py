@@ -407,7 +407,7 @@ def test_contrastive_model_outputs_and_head_input(normalize_embedding):
     np.testing.assert_allclose(out["logits"], h @ kernel + bias, rtol=1e-4, atol=1e-5)
 
 
-# The official layouts (RECIPES.md section 1 "Heads", SupContrast resnet_big.py):
+# The official layouts (docs/recipes.md "Heads", SupContrast resnet_big.py):
 # (projection_dims, projection_bn, projection_output_bias) -> layer kinds, Dense biases, describe.
 OFFICIAL_HEADS = {
     "gr_supcon_imagenet": (((128,), False, False), ["Dense"], [False], "128 (no bias)"),

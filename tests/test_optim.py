@@ -1,6 +1,6 @@
 """Optimizers, weight decay and schedules against independent NumPy computations.
 
-The references below are written from shared/RECIPES.md (and SupContrast's and GR's
+The references below are written from docs/recipes.md (and SupContrast's and GR's
 loops as it describes them), not from supcon_tf/optim.py. Where TF still ships the TF1
 optimizers GR ran (tf.compat.v1.train.MomentumOptimizer / RMSPropOptimizer), they are
 a second reference: fed the gradient of loss + wd * l2_loss(w), as GR's loss was.
