@@ -4,7 +4,7 @@ Paper row: the reference README's CIFAR-100 SimCLR ResNet-50: 70.7% top-1. It ru
 CIFAR-10 commands with `--dataset cifar100` (docs/recipes.md), so this
 is configs/cifar10_r50_simclr.py with CIFAR-100 and its mean/std
 (0.5071, 0.4867, 0.4408) / (0.2675, 0.2565, 0.2761).
-Deviation (named in the README): the last epoch is reported where the reference
+Deviation (docs/recipes.md): the last epoch is reported where the reference
 reports its best test epoch.
 
 Command:

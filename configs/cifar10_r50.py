@@ -13,7 +13,7 @@ follows it value by value (docs/recipes.md):
   stage two   `main_linear.py --batch_size 512 --learning_rate 5`: 100 epochs, SGD 0.9,
               lr 5 (base 2.5), x0.2 after epochs 60, 75 and 90, no warmup, no decay,
               a Linear(2048, 10) on the raw embedding, crops and flips, encoder in eval mode.
-Deviations (named in the README): the last epoch is reported where the reference
+Deviations (docs/recipes.md): the last epoch is reported where the reference
 reports its best test epoch; batch norm is per replica as on the reference's GPUs.
 
 Command:

@@ -7,7 +7,7 @@ epochs from 0.01, cosine per epoch to lr * 1e-3, weight decay 1e-4 on every
 parameter; one view per image with crops 0.2-1 and flips only; SupCEResNet's Linear
 classifier on the raw embedding, trained through the encoder; no label smoothing.
 The model's own classifier is evaluated.
-Deviation (named in the README): the last epoch is reported where the reference
+Deviation (docs/recipes.md): the last epoch is reported where the reference
 reports its best test epoch.
 
 Command:

@@ -5,7 +5,7 @@ Paper row: the PyTorch reference's SimCLR row for CIFAR-10: 93.6% top-1.
 SimCLR`, then `main_linear.py --batch_size 512 --learning_rate 1` (docs/recipes.md):
 configs/cifar10_r50.py with T 0.5 (scaled by T/0.07) and stage-two lr 1
 (base 0.5).
-Deviation (named in the README): the last epoch is reported where the reference
+Deviation (docs/recipes.md): the last epoch is reported where the reference
 reports its best test epoch.
 
 Command:

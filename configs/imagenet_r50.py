@@ -14,7 +14,7 @@ the SUPCON / CONTRASTIVE / IMAGENET / TPU groups of `configs.sh`, value by value
               normalized embedding, cross-entropy on view 1 with label smoothing 0.05,
               RMSProp (rho 0.9, momentum 0.9, eps 0.001), base lr 0.05 (peak 1.2), 12
               warmup epochs, x0.97 every 0.5 epoch, L2 1e-6 on the classifier.
-Deviations (named in the README): the blur-free AutoAugment row has none in the
+Deviations (docs/recipes.md): the blur-free AutoAugment row has none in the
 recipe; eval scores every validation image (the official drops the last partial batch
 of 128: 49,920 of 50,000).
 
