@@ -6,10 +6,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from supcon_tf import host_xla
 from supcon_tf.data import augment
 from supcon_tf.data import views as views_lib
 
 SEED = tf.constant([7, 11], tf.int32)
+
+
+@pytest.fixture(params=[pytest.param(True, id="xla", marks=pytest.mark.host_xla),
+                        pytest.param(False, id="graph")])
+def compiled(request, monkeypatch):
+    """Runs a test with the fused photometry and blur compiled by XLA, then as plain graphs.
+
+    The XLA case (marked host_xla) skips under the TPU wheel, which has only the graph path.
+    """
+    monkeypatch.setattr(augment, "HOST_XLA", request.param)
+    return request.param
 
 
 def _ramp_image(height, width):
@@ -252,7 +264,7 @@ def _numpy_blur(image, sigma):
 # 2 (the official cap at 40 px), 6 (the largest), 1, and 1 (capped from 3 at 30 px).
 @pytest.mark.parametrize("height,width,sigma", [(40, 48, 1.3), (120, 40, 2.0), (40, 40, 0.3),
                                                 (30, 44, 0.8)])
-def test_gaussian_blur_matches_numpy_convolution(height, width, sigma):
+def test_gaussian_blur_matches_numpy_convolution(height, width, sigma, compiled):
     images = tf.constant(np.random.default_rng(0).uniform(size=(1, height, width, 3)), tf.float32)
     out = augment.random_gaussian_blur(images, SEED, probability=1.0,
                                        sigma_range=(sigma, sigma)).numpy()
@@ -312,7 +324,7 @@ def _pixel_views(n, size=16, seed=0):
     return 255.0 * _random_images(n, size, seed)
 
 
-def test_view_photometry_keeps_shape_range_and_is_seeded():
+def test_view_photometry_keeps_shape_range_and_is_seeded(compiled):
     views = _pixel_views(2, size=24)
     out = augment.view_photometry(views, SEED, blur=True)
     assert out.shape == (2, 24, 24, 3)
@@ -324,7 +336,7 @@ def test_view_photometry_keeps_shape_range_and_is_seeded():
     np.testing.assert_allclose(in_dataset.numpy(), out.numpy(), atol=1e-6)
 
 
-def test_view_photometry_alone_rescales_and_flips_half_the_views():
+def test_view_photometry_alone_rescales_and_flips_half_the_views(compiled):
     views = _pixel_views(2)
     expected = views.numpy() / 255.0
     flipped = []
@@ -341,13 +353,12 @@ def test_view_photometry_alone_rescales_and_flips_half_the_views():
 
 
 @pytest.mark.parametrize("style", augment.JITTER_STYLES)
-def test_view_photometry_jitter_and_grayscale_follow_their_draws(style):
-    # view_photometry draws [V, PHOTOMETRY_DRAWS] uniforms in one op under XLA, where
-    # the stateless random ops give other numbers than the TF kernels: drawn the same way here.
+def test_view_photometry_jitter_and_grayscale_follow_their_draws(style, compiled):
+    # view_photometry draws [V, PHOTOMETRY_DRAWS] uniforms in one op: the numbers of
+    # stateless_uniform's TF kernel, with XLA too (whose own stateless_uniform differs).
     views = _pixel_views(2)
     scaled = views / 255.0
-    draws = tf.function(lambda s: tf.random.stateless_uniform([2, augment.PHOTOMETRY_DRAWS], s),
-                        jit_compile=True)(SEED)
+    draws = tf.random.stateless_uniform([2, augment.PHOTOMETRY_DRAWS], SEED)
     jittered = augment.view_photometry(views, SEED, hflip=False, grayscale=False,
                                        color_jitter_style=style)
     transforms = augment.color_jitter_transforms(
@@ -361,7 +372,7 @@ def test_view_photometry_jitter_and_grayscale_follow_their_draws(style):
 
 
 @pytest.mark.parametrize("probability", [0.5, 0.25])
-def test_view_photometry_blur_equals_numpy_blur_of_the_selected_views(probability):
+def test_view_photometry_blur_equals_numpy_blur_of_the_selected_views(probability, compiled):
     # Not square, so that padding or blurring along the wrong axis shows.
     views = tf.constant(255.0 * np.random.default_rng(0).uniform(size=(4, 40, 48, 3)), tf.float32)
     scaled = views.numpy() / 255.0
@@ -376,6 +387,96 @@ def test_view_photometry_blur_equals_numpy_blur_of_the_selected_views(probabilit
             unchanged.append(np.allclose(o, x, atol=1e-6))
     assert all(b != u for b, u in zip(blurred, unchanged))
     assert abs(np.mean(blurred) - probability) < 0.2
+
+
+# ---------------------------------------------------------------------------- with and without XLA
+
+
+def test_draws_are_the_tf_kernels_with_and_without_xla():
+    # Seeds with a negative half too: stateless_uniform under XLA derives another key from them.
+    seeds = [augment.fold_seed(SEED, salt) for salt in range(8)]
+    assert any(int(seed[0]) < 0 or int(seed[1]) < 0 for seed in seeds)
+    compiled = tf.function(augment._uniform, jit_compile=host_xla.available())
+    for seed in seeds:
+        expected = tf.random.stateless_uniform([3, augment.PHOTOMETRY_DRAWS], seed).numpy()
+        np.testing.assert_array_equal(augment._uniform([3, augment.PHOTOMETRY_DRAWS], seed),
+                                      expected)
+        np.testing.assert_array_equal(compiled([3, augment.PHOTOMETRY_DRAWS], seed), expected)
+
+
+def _both_paths(monkeypatch, fn):
+    """fn() with the fused programs compiled by XLA, then as plain graphs."""
+    out = []
+    for compiled in (True, False):
+        monkeypatch.setattr(augment, "HOST_XLA", compiled)
+        out.append(fn().numpy())
+    return out
+
+
+@pytest.mark.host_xla
+@pytest.mark.parametrize("style", augment.JITTER_STYLES)
+def test_xla_and_graph_paths_give_the_same_views(monkeypatch, style):
+    views = tf.constant(255.0 * np.random.default_rng(3).uniform(size=(2, 24, 28, 3)), tf.float32)
+    flips = blurs = 0
+    for salt in range(10):
+        seed = augment.fold_seed(SEED, salt)
+        with_xla, without = _both_paths(monkeypatch, lambda: augment.view_photometry(
+            views, seed, color_jitter_style=style, blur=True))
+        np.testing.assert_allclose(without, with_xla, atol=2e-6)
+        draws = tf.random.stateless_uniform([2, augment.PHOTOMETRY_DRAWS], seed).numpy()
+        flips += np.sum(draws[:, augment.FLIP_COLUMN] < 0.5)
+        blurs += np.sum(draws[:, augment.BLUR_COLUMNS][:, 0] < 0.5)
+    assert 0 < flips < 20 and 0 < blurs < 20  # both branches of each compared
+    blur_xla, blur_graph = _both_paths(monkeypatch, lambda: augment.random_gaussian_blur(
+        views / 255.0, SEED, probability=0.7))
+    np.testing.assert_allclose(blur_graph, blur_xla, atol=2e-6)
+
+
+def _xla_marks(concrete):
+    """Attributes asking for XLA anywhere in a traced function: its own, its nested
+    functions' (the blur's conditionals) and its ops'."""
+    functions = [concrete.function_def, *concrete.graph.as_graph_def().library.function]
+    attrs = [(function.signature.name, function.attr) for function in functions]
+    attrs += [(node.name, node.attr) for function in functions for node in function.node_def]
+    return sorted({f"{name}:{key}" for name, node_attrs in attrs
+                   for key, value in node_attrs.items()
+                   if "xla" in key.lower() and value.WhichOneof("value") == "b" and value.b})
+
+
+def test_graph_path_holds_no_xla_compilation():
+    specs = (tf.TensorSpec([2, 40, 48, 3]), tf.TensorSpec([2, 3]), tf.TensorSpec([2], tf.int32))
+    options = dict(value_range=255.0, hflip=True, color_strength=1.0, color_jitter_style="tf",
+                   grayscale=True, blur_probability=0.5, blur_sigma_range=(0.1, 2.0))
+    graph = augment._fused_photometry.graph.get_concrete_function(*specs, **options)
+    assert _xla_marks(graph) == []
+    blur = augment._fused_blur.graph.get_concrete_function(
+        specs[0], specs[2], tf.TensorSpec([]), tf.TensorSpec([2]))
+    assert _xla_marks(blur) == []
+    # The inspection sees XLA where it is asked for (tracing needs no XLA).
+    assert _xla_marks(augment._fused_photometry.xla.get_concrete_function(*specs, **options))
+
+
+def test_the_path_follows_host_xla_asked_eagerly_once_per_trace(monkeypatch):
+    # The first question often comes from inside a tf.data map function, where a
+    # probe that only traced its XLA call would wrongly report XLA.
+    asked = []
+
+    def no_host_xla():
+        asked.append(tf.executing_eagerly())
+        return False
+
+    monkeypatch.setattr(augment, "HOST_XLA", None)
+    monkeypatch.setattr(host_xla, "available", no_host_xla)
+    views = _pixel_views(2, size=36, seed=4)  # a shape no other test traces
+    xla_traces = augment._fused_photometry.xla.experimental_get_tracing_count()
+    graph_traces = augment._fused_photometry.graph.experimental_get_tracing_count()
+    fn = lambda v, s: augment.view_photometry(v, s, blur=True)  # noqa: E731
+    in_dataset = _in_dataset(fn, views, SEED)
+    assert asked == [True]  # once, eagerly, for the one trace
+    assert augment._fused_photometry.xla.experimental_get_tracing_count() == xla_traces
+    assert augment._fused_photometry.graph.experimental_get_tracing_count() > graph_traces
+    monkeypatch.setattr(augment, "HOST_XLA", False)
+    np.testing.assert_array_equal(in_dataset.numpy(), fn(views, SEED).numpy())
 
 
 # ---------------------------------------------------------------------------- whole views

@@ -13,6 +13,12 @@ are two kinds:
   program: the flip and the colour ops in one pass over the pixels, then a
   conditional per view that blurs it or not.
 
+XLA is used only where this TensorFlow build compiles it for the host CPU
+(supcon_tf.host_xla): the TPU wheel cannot, and on a TPU VM the input pipeline
+runs on that host. There the same functions run as plain TensorFlow graphs,
+drawing the same random numbers (_uniform), so a seed gives the same views
+either way, up to float rounding.
+
 They follow google-research supcon/preprocessing.py (the authors' TF code); where
 they differ from it for speed, the function's docstring says how.
 
@@ -30,6 +36,8 @@ import math
 
 import numpy as np
 import tensorflow as tf
+
+from supcon_tf import host_xla
 
 # Gaussian blur: sigma uniform in BLUR_SIGMA_RANGE (pixels); each kernel reaches
 # ceil(3 sigma) taps on each side, at most BLUR_RADIUS, and at most the official
@@ -57,6 +65,55 @@ JITTER_COLUMNS = slice(FLIP_COLUMN + 1, FLIP_COLUMN + 1 + JITTER_DRAWS)
 GRAY_COLUMN = JITTER_COLUMNS.stop
 BLUR_COLUMNS = slice(GRAY_COLUMN + 1, GRAY_COLUMN + 1 + BLUR_DRAWS)
 PHOTOMETRY_DRAWS = BLUR_COLUMNS.stop
+
+# Whether the fused photometry and blur compile with XLA: None asks
+# host_xla.available() (probed once per process); True or False forces one path
+# (tests and benchmarks set it). Read when a function is traced, not per example.
+HOST_XLA = None
+
+
+def use_host_xla():
+    """Whether the fused photometry and blur run as XLA programs (see HOST_XLA)."""
+    if HOST_XLA is not None:
+        return bool(HOST_XLA)
+    # The probe must execute, not be traced: the first call often comes from
+    # inside a tf.data map function, where it would only add ops to the graph.
+    with tf.init_scope():
+        return host_xla.available()
+
+
+def _host_program(fn):
+    """fn(..., xla=True) as one XLA program where this build compiles XLA for the host,
+    else fn(..., xla=False) as a plain graph.
+
+    fn takes the keyword `xla` to write its pixel passes for the one or the
+    other. Two tf.functions, each with its own traces; a call goes to the one
+    use_host_xla() picks. Both are kept as attributes: .xla and .graph.
+    """
+    compiled = tf.function(functools.partial(fn, xla=True), jit_compile=True)
+    graph = tf.function(functools.partial(fn, xla=False), jit_compile=False)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return (compiled if use_host_xla() else graph)(*args, **kwargs)
+
+    call.xla, call.graph = compiled, graph
+    return call
+
+
+def _uniform(shape, seed):
+    """float32 draws from U[0, 1) of `shape`, the same numbers with and without XLA.
+
+    They are those of tf.random.stateless_uniform(shape, seed) run by its TF
+    kernel on the CPU. Under XLA that op gives other numbers: it makes each
+    float of the high 23 of the 32 Philox bits where the kernel takes the low
+    23, and by default it derives another Philox key from seeds with a negative
+    half. So the bits are drawn as uint32 with the Philox algorithm named (the
+    same bits either way) and made floats here, as the kernel does.
+    """
+    bits = tf.random.stateless_uniform(shape, tf.cast(seed, tf.int32), minval=None, maxval=None,
+                                       dtype=tf.uint32, alg="philox")
+    return tf.cast(tf.bitwise.bitwise_and(bits, 0x7FFFFF), tf.float32) * (2.0 ** -23)
 
 
 def fold_seed(seed, salt):
@@ -463,9 +520,10 @@ def _blur_some(images, uniform, probability, sigma_range):
     return tf.stack(out)
 
 
-@functools.partial(tf.function, jit_compile=True)
-def _fused_blur(images, seed, probability, sigma_range):
-    uniform = tf.random.stateless_uniform([images.shape[0], BLUR_DRAWS], seed)
+@_host_program
+def _fused_blur(images, seed, probability, sigma_range, *, xla):
+    del xla  # the blur is written the same way for both
+    uniform = _uniform([images.shape[0], BLUR_DRAWS], seed)
     return _blur_some(images, uniform, probability, sigma_range)
 
 
@@ -483,16 +541,38 @@ def random_gaussian_blur(images, seed, probability=0.5, sigma_range=BLUR_SIGMA_R
     """
     rows = _fused_blur(images, seed, tf.constant(probability, tf.float32),
                        tf.constant(sigma_range, tf.float32))
-    # Back to pixels outside XLA, where a reshape is free.
+    # Back to pixels outside the program, where a reshape is free.
     return tf.reshape(rows, tf.shape(images))
 
 
+def _color_then_flip(views, transforms, flip):
+    """apply_color_transform(views, transforms), then view i mirrored where flip[i] (or None).
+
+    The same pixels as flipping first, written for TF kernels: a matmul per
+    view instead of broadcast multiply-adds, and a conditional per view instead
+    of a select between the views and their mirror images. Broadcasting
+    kernels are slow outside XLA; this runs the pass several times faster.
+    """
+    n, height, width, channels = views.shape
+    out = []
+    for i in range(n):
+        pixels = tf.reshape(views[i], [height * width, channels])
+        mapped = tf.nn.bias_add(tf.matmul(pixels, transforms[i, :3, :3], transpose_b=True),
+                                transforms[i, :3, 3])
+        image = tf.reshape(tf.clip_by_value(mapped, 0.0, 1.0), [height, width, channels])
+        if flip is not None:
+            image = tf.cond(flip[i], lambda image=image: tf.reverse(image, axis=[1]),
+                            lambda image=image: image)
+        out.append(image)
+    return tf.stack(out)
+
+
 def _photometry(views, mean_color, seed, *, value_range, hflip, color_strength,
-                color_jitter_style, grayscale, blur_probability, blur_sigma_range):
+                color_jitter_style, grayscale, blur_probability, blur_sigma_range, xla):
     n = views.shape[0]
-    uniform = tf.random.stateless_uniform([n, PHOTOMETRY_DRAWS], seed)
-    if hflip:
-        flip = uniform[:, FLIP_COLUMN] < 0.5
+    uniform = _uniform([n, PHOTOMETRY_DRAWS], seed)
+    flip = uniform[:, FLIP_COLUMN] < 0.5 if hflip else None
+    if xla and hflip:
         views = tf.where(flip[:, None, None, None], tf.reverse(views, axis=[2]), views)
     scale = tf.constant([1.0 / value_range] * 3 + [1.0])
     transforms = tf.linalg.diag(tf.tile(scale[None], [n, 1]))
@@ -502,19 +582,22 @@ def _photometry(views, mean_color, seed, *, value_range, hflip, color_strength,
                                              style=color_jitter_style) @ transforms
     if grayscale:
         transforms = grayscale_transforms(uniform[:, GRAY_COLUMN]) @ transforms
-    views = apply_color_transform(views, transforms)
+    if xla:
+        views = apply_color_transform(views, transforms)
+    else:
+        views = _color_then_flip(views, transforms, flip)
     if blur_sigma_range is None:
         return views
     return _blur_some(views, uniform[:, BLUR_COLUMNS], blur_probability, blur_sigma_range)
 
 
-_fused_photometry = tf.function(_photometry, jit_compile=True)
+_fused_photometry = _host_program(_photometry)
 
 
 def view_photometry(views, seed, *, value_range=255.0, hflip=True, color_strength=1.0,
                     color_jitter_style="tf", grayscale=True, blur=False, blur_probability=0.5,
                     blur_sigma_range=BLUR_SIGMA_RANGE):
-    """SimAugment's per-view ops on the views of one example [V, H, W, 3], as one XLA program.
+    """SimAugment's per-view ops on the views of one example [V, H, W, 3], as one program.
 
     In order, as the official _simclr_augment after the flip: mirror left-right
     with p = 0.5 (if hflip), colour jitter of strength color_strength and style
@@ -526,7 +609,8 @@ def view_photometry(views, seed, *, value_range=255.0, hflip=True, color_strengt
 
     It runs per example: the views are small enough to stay in cache between
     the passes, and each view is blurred or not in its own conditional. On a
-    batch each pass would stream the whole batch through memory.
+    batch each pass would stream the whole batch through memory. The program
+    is compiled with XLA where the host has it (use_host_xla), else a graph.
     """
     mean = tf.zeros([tf.shape(views)[0], 3])
     if color_strength is not None:
