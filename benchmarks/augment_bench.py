@@ -9,11 +9,16 @@ spread over threads is counted in full):
   ours          augment.view_photometry on each image's 2 views, as the input
                 pipeline runs it: flip, colour jitter, grayscale, blur
   ours_no_blur  the same without the blur (CIFAR's recipe)
+  ours_no_xla, ours_no_blur_no_xla
+                the same as plain TF graphs, the path of a TensorFlow build
+                without XLA for the host CPU (the TPU wheel: supcon_tf.host_xla)
   keras_<op>    RandomFlip, RandomColorJitter, RandomGrayscale, RandomGaussianBlur
                 on the whole batch with SimAugment's settings, each traced by
                 tf.function without and with XLA (keras_<op>_xla)
 
 keras_over_ours compares the sum of the faster Keras variant of each op with ours.
+Without XLA for the host, ours and ours_no_blur, and the keras_<op>_xla
+variants, are left out, and keras_over_ours compares with ours_no_xla.
 Run: python benchmarks/augment_bench.py [--views 128] [--size 224] [--rounds 3]
 The last line is one JSON object.
 """
@@ -28,6 +33,7 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # as main.py; read at
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from supcon_tf import host_xla  # noqa: E402
 from supcon_tf.data import augment  # noqa: E402
 
 COLOR_STRENGTH = 1.0
@@ -78,18 +84,30 @@ def main():
     views = tf.random.uniform([args.views, args.size, args.size, 3], 0.0, 255.0, seed=0)
     seed = tf.constant([0, 0])
 
-    def ours(blur):
+    def ours(blur, xla):
         images = tf.unstack(tf.reshape(views, [-1, 2, args.size, args.size, 3]))
-        return tf.function(lambda: [augment.view_photometry(
+        fn = tf.function(lambda: [augment.view_photometry(
             pair, augment.fold_seed(seed, i), color_strength=COLOR_STRENGTH, blur=blur)
             for i, pair in enumerate(images)])
+        augment.HOST_XLA = xla  # read when fn is traced
+        try:
+            fn.get_concrete_function()
+        finally:
+            augment.HOST_XLA = None
+        return fn
 
-    candidates = {"ours": ours(blur=True), "ours_no_blur": ours(blur=False)}
+    xla = host_xla.available()
+    candidates = {}
+    for compiled in ((True, False) if xla else (False,)):
+        suffix = "" if compiled else "_no_xla"
+        candidates["ours" + suffix] = ours(True, compiled)
+        candidates["ours_no_blur" + suffix] = ours(False, compiled)
     layers = keras_layers()
     for name, layer in layers.items():
         candidates[f"keras_{name}"] = tf.function(lambda layer=layer: layer(views))
-        candidates[f"keras_{name}_xla"] = tf.function(lambda layer=layer: layer(views),
-                                                      jit_compile=True)
+        if xla:
+            candidates[f"keras_{name}_xla"] = tf.function(lambda layer=layer: layer(views),
+                                                          jit_compile=True)
     for fn in candidates.values():
         fn()  # trace and compile outside the timed calls
 
@@ -100,10 +118,12 @@ def main():
             print(f"round {round_index}: {name}: {costs[name][-1]:.2f} core-ms per view",
                   flush=True)
     median = {name: round(statistics.median(values), 3) for name, values in costs.items()}
-    keras_best = sum(min(median[f"keras_{op}"], median[f"keras_{op}_xla"])
+    keras_best = sum(min(median[f"keras_{op}"], median.get(f"keras_{op}_xla", float("inf")))
                      for op in layers)
-    print(json.dumps({**{f"{name}_core_ms_per_view": value for name, value in median.items()},
-                      "keras_over_ours": round(keras_best / median["ours"], 1)}))
+    ours_name = "ours" if xla else "ours_no_xla"
+    print(json.dumps({"host_xla": xla,
+                      **{f"{name}_core_ms_per_view": value for name, value in median.items()},
+                      "keras_over_ours": round(keras_best / median[ours_name], 1)}))
 
 
 if __name__ == "__main__":

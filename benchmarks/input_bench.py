@@ -1,8 +1,8 @@
-"""Input-pipeline throughput: two-view SimAugment at 224 against decode+resize alone.
+"""Input throughput: two-view SimAugment at 224, with and without XLA, against decode+resize.
 
 Source images are the two real photos bundled with scikit-learn (427x640),
 JPEG-encoded at quality 90 into an in-memory dataset of repeated records, so the
-measurement needs no dataset on disk. Both pipelines run in this process on the
+measurement needs no dataset on disk. All pipelines run in this process on the
 same records, one after the other:
 
   decode_only  decode_jpeg + resize to 224, parallel map, batch, prefetch; the image
@@ -10,6 +10,10 @@ same records, one after the other:
   simaugment   the training pipeline of supcon_tf.data (decode once with
                decode_and_crop_jpeg, 2 random resized crops per image, then
                flips, colour jitter, grayscale and blur as one XLA program per image)
+  simaugment_no_xla
+               the same pipeline with that program run as a plain TF graph, the
+               path of a TensorFlow build without XLA for the host CPU (the TPU
+               wheel: supcon_tf.host_xla); the same views to float rounding
 
 images/s counts source images (each gives 2 views in the SimAugment pipeline).
 The pipelines are timed one after the other in each of several rounds. This VM
@@ -17,9 +21,16 @@ has spells of seconds to tens of seconds in which everything runs up to 1.8x
 slower, so each images/s is the best round (noise only ever slows a round down)
 and each ratio compares best rounds; median_ratio is the median over rounds of
 the ratio within a round, for comparison. SimAugment is timed with the ImageNet
-blur (the headline figure) and without it (CIFAR's recipe). All three run on
+blur (the headline figure) and without it (CIFAR's recipe). All run on
 TensorFlow's BFC host allocator, as main.py sets it up; run with
 TF_CPU_ALLOCATOR_USE_BFC=false to time them on the default allocator.
+
+images_per_s, ratio and the no_blur figures are the path main.py takes in this
+TensorFlow build (XLA where host_xla.available(), else the graph); no_xla_* are
+the graph path's, and no_xla_over_xla its throughput over the XLA path's
+(best rounds; no_xla_median_over_xla: the median of the ratio within a round).
+Without XLA for the host only the graph path runs, and the *_over_xla figures
+are null.
 Run: python benchmarks/input_bench.py [--images 512] [--batch 64] [--rounds 9]
 The last line is one JSON object.
 """
@@ -36,6 +47,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn import datasets as sk_datasets  # noqa: E402
 
+from supcon_tf import host_xla  # noqa: E402
+from supcon_tf.data import augment  # noqa: E402
 from supcon_tf.data import datasets as datasets_lib  # noqa: E402
 from supcon_tf.data import views as views_lib  # noqa: E402
 
@@ -73,11 +86,25 @@ def images_per_second(dataset, batch_size, num_images):
     return num_batches * batch_size / (time.perf_counter() - start)
 
 
-def simaugment_pipeline(records, batch_size, blur):
+def simaugment_pipeline(records, batch_size, blur, xla):
+    """The training pipeline, its photometry compiled with XLA or not (fixed when it is traced)."""
     spec = views_lib.ViewSpec(augment="simaugment", image_size=IMAGE_SIZE, num_views=2,
                               crop_area_min=0.08, color_strength=1.0, hflip=True, blur=blur,
                               jpeg=True)
-    return datasets_lib.train_pipeline(records, spec, batch_size=batch_size, seed=(0, 0))
+    augment.HOST_XLA = xla
+    try:
+        return datasets_lib.train_pipeline(records, spec, batch_size=batch_size, seed=(0, 0))
+    finally:
+        augment.HOST_XLA = None
+
+
+def best_and_median_ratio(rates, name, baseline):
+    """(best of name / best of baseline, median over rounds of their ratio), or Nones."""
+    if baseline not in rates:
+        return None, None
+    best = max(rates[name]) / max(rates[baseline])
+    median = statistics.median(a / b for a, b in zip(rates[name], rates[baseline]))
+    return round(best, 3), round(median, 3)
 
 
 def main():
@@ -88,24 +115,39 @@ def main():
     args = parser.parse_args()
 
     records = jpeg_records(64)
-    pipelines = {"decode_only": decode_only_pipeline(records, args.batch),
-                 "simaugment": simaugment_pipeline(records, args.batch, blur=True),
-                 "simaugment_no_blur": simaugment_pipeline(records, args.batch, blur=False)}
+    xla = host_xla.available()
+    # simaugment* compile with XLA, simaugment*_no_xla do not; without host XLA only the latter.
+    pipelines = {"decode_only": decode_only_pipeline(records, args.batch)}
+    for compiled in ((True, False) if xla else (False,)):
+        suffix = "" if compiled else "_no_xla"
+        pipelines["simaugment" + suffix] = simaugment_pipeline(records, args.batch, True, compiled)
+        pipelines["simaugment_no_blur" + suffix] = simaugment_pipeline(records, args.batch, False,
+                                                                       compiled)
     rates = {name: [] for name in pipelines}
     for round_index in range(args.rounds):
         for name, pipeline in pipelines.items():
             rates[name].append(images_per_second(pipeline, args.batch, args.images))
             print(f"round {round_index}: {name}: {rates[name][-1]:.1f} images/s", flush=True)
     best = {name: max(values) for name, values in rates.items()}
-    median_ratio = statistics.median(
-        a / b for a, b in zip(rates["simaugment"], rates["decode_only"]))
+    main_path = "" if xla else "_no_xla"  # the pipeline main.py runs in this build
+    ratio, median_ratio = best_and_median_ratio(rates, "simaugment" + main_path, "decode_only")
+    over_xla, median_over_xla = best_and_median_ratio(rates, "simaugment_no_xla", "simaugment")
+    no_blur_over_xla, no_blur_median_over_xla = best_and_median_ratio(
+        rates, "simaugment_no_blur_no_xla", "simaugment_no_blur")
     print(json.dumps({
-        "images_per_s": round(best["simaugment"], 1),
+        "host_xla": xla,
+        "images_per_s": round(best["simaugment" + main_path], 1),
         "decode_only_images_per_s": round(best["decode_only"], 1),
-        "ratio": round(best["simaugment"] / best["decode_only"], 3),
-        "median_ratio": round(median_ratio, 3),
-        "no_blur_images_per_s": round(best["simaugment_no_blur"], 1),
-        "no_blur_ratio": round(best["simaugment_no_blur"] / best["decode_only"], 3),
+        "ratio": ratio,
+        "median_ratio": median_ratio,
+        "no_blur_images_per_s": round(best["simaugment_no_blur" + main_path], 1),
+        "no_blur_ratio": round(best["simaugment_no_blur" + main_path] / best["decode_only"], 3),
+        "no_xla_images_per_s": round(best["simaugment_no_xla"], 1),
+        "no_xla_no_blur_images_per_s": round(best["simaugment_no_blur_no_xla"], 1),
+        "no_xla_over_xla": over_xla,
+        "no_xla_median_over_xla": median_over_xla,
+        "no_xla_no_blur_over_xla": no_blur_over_xla,
+        "no_xla_no_blur_median_over_xla": no_blur_median_over_xla,
         "bfc_allocator": os.environ["TF_CPU_ALLOCATOR_USE_BFC"]}))
 
 
