@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from supcon_tf.losses import SupConLoss, supcon_loss
+from supcon_tf.losses import SupConLoss, check_config, supcon_loss
 
 
 def reference_loss(
@@ -505,6 +505,34 @@ def test_bad_arguments_raise_value_error(kwargs, message):
     features, labels = arguments.pop("features"), arguments.pop("labels")
     with pytest.raises(ValueError, match=message):
         supcon_loss(features, labels, **arguments)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("temperature", 0.0),
+        ("temperature", "0.1"),
+        ("base_temperature", -1.0),
+        ("contrast_mode", "both"),
+        ("variant", "mid"),
+        ("block_size", 0),
+        ("block_size", 2.5),
+        ("denominator_mode", "negatives"),
+        ("positives_cap", -2),
+        ("positives_cap", 3),
+    ],
+)
+def test_check_config_names_the_field_supcon_loss_refuses(field, value):
+    loss_config = dict(temperature=0.1, base_temperature=None, contrast_mode="all", variant="out",
+                       block_size=None, denominator_mode="all", positives_cap=None)
+    check_config(loss_config, num_views=2)
+    with pytest.raises(ValueError, match=field):
+        supcon_loss(GOOD_FEATURES, np.array([0, 1, 0, 1]), **{field: value})
+    loss_config[field] = value
+    with pytest.raises(ValueError) as raised:
+        check_config(loss_config, num_views=2)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"config.loss.{field}={value!r} "), message
 
 
 def test_keras_loss_config_round_trip():
