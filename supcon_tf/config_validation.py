@@ -281,24 +281,11 @@ def _check_model_sizes(model_config):
 
 
 def _check_loss(loss_config, *, num_views):
-    if not loss_config.temperature > 0:
-        raise ConfigError(
-            f"config.loss.temperature={loss_config.temperature!r} must be > 0; "
-            "the paper uses 0.1")
-    base = loss_config.base_temperature
-    if base is not None and not base > 0:
-        raise ConfigError(
-            f"config.loss.base_temperature={base!r} must be > 0 or None (None: no scaling; "
-            "1.0 scales the loss by T as the official TF code, 0.07 by T/0.07 as SupContrast)")
-    cap = loss_config.positives_cap
-    if cap is not None and (cap < 0 or cap % num_views):
-        raise ConfigError(
-            f"config.loss.positives_cap={cap} must be None (no cap) or a multiple of "
-            f"config.data.num_views={num_views} that is >= 0")
-    if loss_config.block_size is not None and loss_config.block_size < 1:
-        raise ConfigError(
-            f"config.loss.block_size={loss_config.block_size} must be None (whole batch) or "
-            ">= 1 anchors per block")
+    try:
+        losses_lib.check_config(loss_config, num_views=num_views)
+    except ValueError as err:
+        raise ConfigError(_one_line(err)) from err
+    # Cross-entropy's option, not supcon_loss's.
     if not 0 <= loss_config.label_smoothing < 1:
         raise ConfigError(
             f"config.loss.label_smoothing={loss_config.label_smoothing} must be in [0, 1)")
