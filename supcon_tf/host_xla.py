@@ -15,13 +15,20 @@ import tensorflow as tf
 @functools.lru_cache(maxsize=None)
 def available():
     """True when a jit_compile=True function runs on /cpu:0 (probed once per process)."""
+    # The probe must run, not be traced: the first question often comes from inside
+    # a tf.data map function, where calling it would only add ops to that graph.
+    with tf.init_scope():
+        return _probe()
+
+
+def _probe():
     @tf.function(jit_compile=True)
-    def probe(x):
+    def add_one(x):
         return x + 1.0
 
     try:
         with tf.device("/cpu:0"):
-            probe(tf.constant(1.0))
+            add_one(tf.constant(1.0))
     except (tf.errors.OpError, RuntimeError, ValueError):
         return False
     return True

@@ -76,10 +76,7 @@ def use_host_xla():
     """Whether the fused photometry and blur run as XLA programs (see HOST_XLA)."""
     if HOST_XLA is not None:
         return bool(HOST_XLA)
-    # The probe must execute, not be traced: the first call often comes from
-    # inside a tf.data map function, where it would only add ops to the graph.
-    with tf.init_scope():
-        return host_xla.available()
+    return host_xla.available()
 
 
 def _host_program(fn):
