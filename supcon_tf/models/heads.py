@@ -12,7 +12,7 @@ import math
 import keras
 
 # The projection head's BN uses the encoder's settings (GR blocks.batch_norm).
-from supcon_tf.models.resnet import BN_EPSILON, BN_MOMENTUM
+from supcon_tf.models.resnet import BN_EPSILON, BN_MOMENTUM, BatchNormalization
 
 HEAD_INITS = ("normal_0.01", "pytorch_default")
 CLASSIFIER_INITS = ("glorot_uniform", "zeros", "pytorch_default")
@@ -66,7 +66,7 @@ def projection_head(projection_dims=(2048, 128), *, use_bn=False, output_bias=Fa
     for index, width in enumerate(projection_dims[:-1]):
         head.add(_dense(int(width), use_bias=not use_bn, init=init, name=f"hidden{index + 1}"))
         if use_bn:
-            head.add(keras.layers.BatchNormalization(
+            head.add(BatchNormalization(
                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync_bn,
                 name=f"hidden{index + 1}_bn",
             ))

@@ -104,8 +104,26 @@ def _conv(x, filters, kernel_size, stride, name, *, conv_init):
     )(x)
 
 
+class BatchNormalization(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization whose moving averages hold one value on every replica.
+
+    Keras 3 creates the moving mean and variance without an aggregation, so under
+    MirroredStrategy or TPUStrategy each replica's update writes its own copy alone.
+    Without `synchronized` (per-replica batch statistics) the copies drift apart:
+    replica r keeps the averages of its own part of each batch, evaluation inside
+    strategy.run reads a different copy on each replica, and a checkpoint saves replica
+    0's. Here they aggregate by "mean": every copy takes the mean of the replicas'
+    updates. With `synchronized` every replica already writes the same value.
+    """
+
+    def add_weight(self, *args, **kwargs):
+        if kwargs.get("name") in ("moving_mean", "moving_variance") and not self.synchronized:
+            kwargs["aggregation"] = "mean"
+        return super().add_weight(*args, **kwargs)
+
+
 def _batch_norm(x, name, *, sync_bn, zero_gamma=False):
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         gamma_initializer="zeros" if zero_gamma else "ones",
