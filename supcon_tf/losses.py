@@ -1060,7 +1060,12 @@ def _blockwise(forward, backward, anchors, contrasts, row_data, values, *, block
 @keras.saving.register_keras_serializable(package="supcon_tf")
 class SupConLoss(keras.losses.Loss):
     """`supcon_loss` as a Keras loss: y_true = int labels [B] (or [B, 1]) or
-    multi-hot [B, C] with C >= 2, y_pred = [B, V, D].
+    multi-hot [B, C] with C >= 2; y_pred = L2-normalized embeddings, [B, V, D]
+    (V views per sample) or [B, D] (one view per sample, the shape of a plain
+    Keras model's output and of keras-io's supervised contrastive example),
+    which is taken as [B, 1, D]. With one view an anchor's positives are the
+    other samples of its class in the global batch; an anchor whose class has
+    no other sample there is left out of the mean (see `supcon_loss`).
 
     Scaling across replicas: inside `strategy.run` with R =
     `num_replicas_in_sync` replicas, calling this loss returns
@@ -1139,6 +1144,9 @@ class SupConLoss(keras.losses.Loss):
         else:
             labels = tf.reshape(y_true, [-1])
         labels = tf.cast(labels, tf.int32)
+        y_pred = tf.convert_to_tensor(y_pred)
+        if y_pred.shape.rank == 2:
+            y_pred = y_pred[:, None, :]  # [B, D]: one view per sample, [B, 1, D]
         return supcon_loss(
             y_pred,
             labels,

@@ -6,7 +6,14 @@ must be Eq. 2 of the paper on that batch (a NumPy reference written from the
 equation, independent of supcon_loss). A custom train_step that calls
 supcon_loss and divides by num_replicas_in_sync, as its docstring says, must
 do the same.
+
+The README's Keras example (one view per sample, y_pred [B, D], y_true [B, 1])
+is read out of README.md and run as written, under MirroredStrategy over 2
+logical CPUs.
 """
+
+import os
+import textwrap
 
 import keras
 import numpy as np
@@ -22,17 +29,22 @@ NUM_REPLICAS = 4
 
 
 def eq2_loss(features, labels, temperature):
-    """L^sup_out (Eq. 2), mean over every anchor i of the B * V views:
-    -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p/T) / sum_{a != i} exp(z_i.z_a/T))."""
-    z = np.asarray(features, np.float64).reshape(-1, features.shape[-1])
-    view_labels = np.repeat(labels, features.shape[1])
-    total = 0.0
+    """L^sup_out (Eq. 2), mean over every anchor i of the B * V views that has a
+    positive: -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p/T) / sum_{a != i} exp(z_i.z_a/T)).
+    features [B, V, D] or [B, D] (one view)."""
+    features = np.asarray(features, np.float64)
+    views = features.shape[1] if features.ndim == 3 else 1
+    z = features.reshape(-1, features.shape[-1])
+    view_labels = np.repeat(np.reshape(labels, [-1]), views)
+    terms = []
     for i in range(len(z)):
         others = [a for a in range(len(z)) if a != i]
         positives = [p for p in others if view_labels[p] == view_labels[i]]
+        if not positives:  # a lone sample of its class, with one view: no term
+            continue
         log_denominator = np.log(sum(np.exp(z[i] @ z[a] / temperature) for a in others))
-        total += -np.mean([z[i] @ z[p] / temperature - log_denominator for p in positives])
-    return total / len(z)
+        terms.append(-np.mean([z[i] @ z[p] / temperature - log_denominator for p in positives]))
+    return np.mean(terms)
 
 
 def make_data():
@@ -168,3 +180,74 @@ def test_sample_weight_is_rejected():
 def test_reduction_other_than_the_default_is_rejected():
     with pytest.raises(ValueError, match="reduction"):
         SupConLoss(reduction="sum")
+
+
+def test_one_view_shapes_equal_the_multi_view_form():
+    """y_pred [B, D] is [B, 1, D]; y_true [B] and [B, 1] are the same labels."""
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(12, DIM))
+    z = (z / np.linalg.norm(z, axis=-1, keepdims=True)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 3, 3, 2, 4], np.int32)  # class 4: one sample
+    loss = SupConLoss(temperature=TEMPERATURE)
+    reference = loss(labels, z[:, None, :]).numpy()
+    np.testing.assert_allclose(reference, eq2_loss(z, labels, TEMPERATURE), rtol=1e-5)
+    for y_true in (labels, labels[:, None], labels.astype(np.int64)[:, None]):
+        for y_pred in (z, z[:, None, :]):
+            np.testing.assert_allclose(loss(y_true, y_pred).numpy(), reference, rtol=1e-6)
+    # Multi-hot labels [B, C] take [B, D] too.
+    multi_hot = np.eye(5, dtype=np.int32)[labels]
+    multi_hot[:4, 4] = 1
+    np.testing.assert_allclose(
+        loss(multi_hot, z).numpy(), loss(multi_hot, z[:, None, :]).numpy(), rtol=1e-6
+    )
+    # In a traced function, as fit calls it.
+    traced = tf.function(lambda y_true, y_pred: loss(y_true, y_pred))
+    np.testing.assert_allclose(traced(labels[:, None], z).numpy(), reference, rtol=1e-6)
+
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def readme_keras_example():
+    """The indented code block of README.md's "## The loss" section that calls model.fit."""
+    with open(README) as f:
+        section = f.read().split("\n## The loss\n", 1)[1].split("\n## ", 1)[0]
+    blocks, current = [], []
+    for line in section.splitlines() + ["end"]:  # a paragraph line ends the last block
+        if line.startswith("    ") or (current and not line.strip()):
+            current.append(line)
+        elif current:
+            blocks.append(textwrap.dedent("\n".join(current)).strip() + "\n")
+            current = []
+    found = [block for block in blocks if "model.fit(" in block]
+    assert len(found) == 1, f"expected one code block calling model.fit in {README}'s loss section"
+    return found[0]
+
+
+def test_readme_keras_example_on_two_replicas(monkeypatch):
+    code = readme_keras_example()
+    for needed in ("strategy.scope()", "loss=SupConLoss(temperature=0.1)",
+                   "history = model.fit(x, y,", "UnitNormalization()"):
+        assert needed in code
+    strategy = mirrored_strategy(2)
+    # The example makes tf.distribute.MirroredStrategy(); here it gets 2 logical CPUs.
+    monkeypatch.setattr(tf.distribute, "MirroredStrategy", lambda *args, **kwargs: strategy)
+    namespace = {}
+    exec(compile(code, README, "exec"), namespace)
+    monkeypatch.undo()
+    assert namespace["strategy"] is strategy and strategy.num_replicas_in_sync == 2
+    model, x, y = namespace["model"], namespace["x"], namespace["y"]
+    assert y.shape[1:] == (1,) and model.output_shape[1:] == (16,)
+
+    losses = namespace["history"].history["loss"]
+    assert len(losses) >= 2 and np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0] - 0.05, losses
+
+    # One batch of the global size, split over the two replicas, reports Eq. 2
+    # of the whole batch.
+    batch = 128
+    with strategy.scope():
+        reported = model.evaluate(x[:batch], y[:batch], batch_size=batch, verbose=0)
+    features = model.predict(x[:batch], batch_size=batch, verbose=0)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(reported, eq2_loss(features, y[:batch], 0.1), rtol=1e-5)
