@@ -4,6 +4,7 @@ r"""Trains and evaluates Supervised Contrastive Learning from a config file.
   python main.py --config=configs/imagenet_r50.py --workdir=gs://bucket/run --tpu=my-tpu
   python main.py --config=configs/digits.py:tiny --config.seed=1 --mode=train
   python main.py --config=configs/imagenet_r50.py --mode=describe   # the recipe as JSON
+  python main.py --config=configs/digits.py --mode=selfcheck        # is the strategy right?
 
 --workdir defaults to ./runs/<config file name>[_<arg>]. The same command resumes
 from the latest checkpoint there. Exit status 143 means SIGTERM arrived and a
@@ -31,8 +32,9 @@ from supcon_tf import cli  # noqa: E402
 
 cli.quiet_tensorflow_startup()  # before TensorFlow loads; see supcon_tf/cli.py
 
-# train.MODES plus describe; spelled out so that flags parse before TensorFlow loads.
-MODES = ("train", "eval", "train_then_eval", "describe")
+# train.MODES plus describe and selfcheck; spelled out so that flags parse before
+# TensorFlow loads.
+MODES = ("train", "eval", "train_then_eval", "describe", "selfcheck")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/digits.py or configs/digits.py:tiny; "
@@ -46,7 +48,9 @@ _TPU = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
     "mode", "train_then_eval", MODES,
     "train: stage one only; eval: stage two on the latest checkpoint; describe: print the "
-    "effective recipe as one JSON line, without data or training.")
+    "effective recipe as one JSON line, without data or training; selfcheck: a few steps of "
+    "each stage on synthetic data, checked against the host CPU, with throughput (a table, "
+    "then one JSON line; exit status 1 if a check fails).")
 flags.mark_flag_as_required("config")
 
 
@@ -64,13 +68,20 @@ def parse_flags(argv):
 def main(argv):
     del argv  # parse_flags refused positional arguments
     cli.show_library_info_off(__file__)
+    from supcon_tf import strategy as strategy_lib  # loads no TensorFlow
+
+    if _MODE.value != "describe":
+        # TF_CONFIG and a grpc:// --tpu are checked before TensorFlow sees them: one line,
+        # and an unreachable TPU fails within strategy_lib.TPU_PROBE_TIMEOUT_S.
+        try:
+            strategy_lib.check_environment(_TPU.value)
+        except strategy_lib.StrategyError as error:
+            cli.fail(error, 2)
     # Imported after the flags parse, so a bad flag fails before TensorFlow loads.
     startup_log = cli.import_tensorflow_quietly()
     import tensorflow as tf
 
-    from supcon_tf import config_validation, describe
-    from supcon_tf import strategy as strategy_lib
-    from supcon_tf import train
+    from supcon_tf import config_validation, data, describe, train
 
     if _MODE.value == "describe":
         try:
@@ -86,15 +97,23 @@ def main(argv):
     logging.info("workdir %s, mode %s", workdir, _MODE.value)
     try:
         strategy = strategy_lib.make_strategy(_TPU.value)
-    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as error:
-        cli.fail(f"--tpu={_TPU.value} cannot be used ({str(error).splitlines()[0]}); check "
-                 "the TPU name or address, or leave --tpu out to run on the GPUs or the CPU", 2)
+    except strategy_lib.StrategyError as error:
+        cli.fail(error, 2)
     try:
         config_validation.validate(_CONFIG.value, num_replicas=strategy.num_replicas_in_sync,
                                    workdir=workdir)
     except config_validation.ConfigError as error:
-        cli.fail(error, 2)
+        # selfcheck reads no data: a dataset not prepared yet is no reason to stop it.
+        if not (_MODE.value == "selfcheck"
+                and isinstance(error.__cause__, data.DatasetNotPreparedError)):
+            cli.fail(error, 2)
+        logging.warning("dataset %r not prepared: selfcheck runs on synthetic data, with its "
+                        "published split sizes", _CONFIG.value.data.name)
+        tf.io.gfile.makedirs(workdir)
     cli.save_startup_log(workdir, startup_log)
+    if _MODE.value == "selfcheck":
+        run_selfcheck(workdir, strategy)
+        return
     try:
         train.run(_CONFIG.value, workdir, strategy, _MODE.value, start_time=START_TIME)
     except train.Preempted as preempted:
@@ -102,6 +121,19 @@ def main(argv):
         sys.exit(143)
     except (FloatingPointError, FileNotFoundError) as error:  # divergence; eval without a run
         cli.fail(error, 1)
+
+
+def run_selfcheck(workdir, strategy):
+    """--mode=selfcheck: the table and the JSON line on stdout; exit status 1 on a failed check."""
+    from supcon_tf import selfcheck
+
+    try:
+        report = selfcheck.run(_CONFIG.value, workdir, strategy)
+    except selfcheck.SelfCheckError as error:
+        cli.fail(error, 2)
+    selfcheck.print_report(report)
+    if not report["passed"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

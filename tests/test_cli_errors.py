@@ -5,13 +5,14 @@ test_every_digits_field_has_a_case fails when a leaf has no row. Each row runs
 in-process through config_validation.validate, which main.py turns into exit
 status 2. ENTRY_POINT_CASES run main.py, export_hub.py and
 `python -m supcon_tf.analysis` as a user does, several at a time (a run that gets
-past the flags pays for a TensorFlow import), and check the exit status, the one
-`error:` line and that no traceback is printed.
+past the flags pays for a TensorFlow import), some with TF_CONFIG set, and check the
+exit status, the one `error:` line and that no traceback is printed.
 """
 
 import concurrent.futures
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -220,7 +221,16 @@ MAIN = ("main.py", f"--config={TINY_CONFIG}", "--workdir={tmp}/run")
 EXPORT = ("export_hub.py",)
 ANALYSIS = ("-m", "supcon_tf.analysis")
 
-# name: (command after `python`, exit status, text of the one error line)
+
+def with_tf_config(tf_config):
+    """The environment of a case: TF_CONFIG set to tf_config (a dict, or text as is)."""
+    return {"TF_CONFIG": tf_config if isinstance(tf_config, str) else json.dumps(tf_config)}
+
+
+TWO_WORKERS = {"worker": ["127.0.0.1:2001", "127.0.0.1:2002"]}
+
+# name: (command after `python`, exit status, text of the one error line[, environment])
+# {tmp} is the case's tmp dir; {closed_port}, a loopback port nothing listens on.
 ENTRY_POINT_CASES = {
     # main.py, refused while parsing flags (before TensorFlow loads)
     "main_no_config": (("main.py",), 2, "--config must have a value"),
@@ -234,6 +244,29 @@ ENTRY_POINT_CASES = {
     "main_tuple_value": (MAIN + ("--config.model.projection_dims=(0,)",), 2,
                          "config.model.projection_dims=(0,)"),
     "main_tpu": (MAIN + ("--tpu=no-such-tpu",), 2, "--tpu=no-such-tpu cannot be used"),
+    "main_tpu_unreachable": (MAIN + ("--tpu=grpc://127.0.0.1:{closed_port}",), 2,
+                             "--tpu=grpc://127.0.0.1:{closed_port} cannot be used: "
+                             "127.0.0.1:{closed_port}: cannot connect"),
+    # main.py with a bad TF_CONFIG, refused before TensorFlow loads
+    "main_tf_config_not_json": (MAIN, 2, "TF_CONFIG is not JSON", with_tf_config("{worker")),
+    "main_tf_config_no_cluster": (MAIN, 2, 'TF_CONFIG has no "cluster"', with_tf_config(
+        {"task": {"type": "worker", "index": 0}})),
+    "main_tf_config_no_task": (MAIN, 2, 'TF_CONFIG has no "task"', with_tf_config(
+        {"cluster": TWO_WORKERS})),
+    "main_tf_config_no_type": (MAIN, 2, 'TF_CONFIG task has no "type"', with_tf_config(
+        {"cluster": TWO_WORKERS, "task": {"index": 0}})),
+    "main_tf_config_no_index": (MAIN, 2, 'TF_CONFIG task has no "index"', with_tf_config(
+        {"cluster": TWO_WORKERS, "task": {"type": "worker"}})),
+    "main_tf_config_index_out_of_range": (
+        MAIN, 2, "TF_CONFIG task index 2 is out of range: cluster 'worker' has 2 address(es)",
+        with_tf_config({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 2}})),
+    "main_tf_config_task_type": (
+        MAIN, 2, "TF_CONFIG task type 'chief' is not a job of the cluster",
+        with_tf_config({"cluster": TWO_WORKERS, "task": {"type": "chief", "index": 0}})),
+    "main_tf_config_address": (
+        MAIN, 2, "TF_CONFIG cluster 'worker' address 1 is 'localhost'",
+        with_tf_config({"cluster": {"worker": ["127.0.0.1:2001", "localhost"]},
+                        "task": {"type": "worker", "index": 0}})),
     # export_hub.py
     "export_no_export_dir": (EXPORT + ("--workdir={tmp}/run",), 2,
                              "--export_dir must have a value"),
@@ -257,12 +290,25 @@ ENTRY_POINT_CASES = {
 }
 
 
-def run_entry_point(command, tmp):
-    command = [sys.executable] + [part.format(tmp=tmp) for part in command]
+def closed_loopback_port():
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_entry_point(command, tmp, environment=None):
+    command = [sys.executable] + [part.format(tmp=tmp, closed_port=CLOSED_PORT)
+                                  for part in command]
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the entry points' own default
+    env.pop("TF_CONFIG", None)
+    env.update(environment or {})
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)
+
+
+CLOSED_PORT = closed_loopback_port()
 
 
 @pytest.fixture(scope="module")
@@ -277,20 +323,22 @@ def entry_point_runs(tmp_path_factory):
         (untrained / "config.json").write_text(json.dumps(dict(config, num_classes=10)))
         tmps[name] = str(tmp)
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_RUNS) as pool:
-        futures = {name: pool.submit(run_entry_point, ENTRY_POINT_CASES[name][0], tmps[name])
+        futures = {name: pool.submit(run_entry_point, ENTRY_POINT_CASES[name][0], tmps[name],
+                                     *ENTRY_POINT_CASES[name][3:])
                    for name in ENTRY_POINT_CASES}
         return {name: (tmps[name], future.result()) for name, future in futures.items()}
 
 
 @pytest.mark.parametrize("name", ENTRY_POINT_CASES)
 def test_entry_point_exits_with_one_error_line(entry_point_runs, name):
-    _, status, expected = ENTRY_POINT_CASES[name]
+    _, status, expected, *_ = ENTRY_POINT_CASES[name]
     tmp, done = entry_point_runs[name]
+    expected = expected.format(tmp=tmp, closed_port=CLOSED_PORT)
     output = done.stdout + done.stderr
     assert done.returncode == status, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and expected.format(tmp=tmp) in errors[0], output[-3000:]
+    assert len(errors) == 1 and expected in errors[0], output[-3000:]
     # Nothing but the run's own lines: TensorFlow's start-up stays off the terminal.
     others = [line for line in done.stderr.splitlines()
               if not line.startswith("error: ") and "main.py:" not in line
@@ -298,8 +346,8 @@ def test_entry_point_exits_with_one_error_line(entry_point_runs, name):
     assert not others, output[-3000:]
 
 
-def test_main_modes_are_train_modes_and_describe(monkeypatch):
+def test_main_modes_are_train_modes_describe_and_selfcheck(monkeypatch):
     main = import_main(monkeypatch)
     from supcon_tf import train
 
-    assert main.MODES == train.MODES + ("describe",)
+    assert main.MODES == train.MODES + ("describe", "selfcheck")
