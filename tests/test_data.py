@@ -243,3 +243,14 @@ def test_long_run_of_corrupt_records_raises_while_streaming():
     records = tf.data.Dataset.from_tensor_slices({"image": shorter, "label": [0] * (bad + 3)})
     train = iter(datasets_lib.train_pipeline(records, spec, batch_size=2, seed=(0, 0)))
     assert [next(train)["label"].shape for _ in range(3)] == [(2,)] * 3
+
+
+def test_balanced_stream_stops_on_a_class_whose_drawn_images_all_fail():
+    # The class gives no image, so the step's batch would take the next step's.
+    keys = _png_records(2) + [b"garbage", b"more garbage"]
+    spec = views_lib.ViewSpec(augment="none", image_size=10, num_views=1)
+    stream = datasets_lib.balanced_train_pipeline(keys, [0, 0, 1, 1], spec, batch_size=4,
+                                                  samples_per_class=2, seed=(0, 0))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="all 2 images drawn for one class failed to decode"):
+        next(iter(stream))

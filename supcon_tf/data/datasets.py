@@ -10,7 +10,7 @@ Training stream, per input pipeline (host):
     -> enumerate (stream index) -> skip(start_step * per-host batch)
     -> read + decode once + V crops, seed = (seed, host, index)   [parallel]
     -> drop undecodable records -> augment the V views      [parallel]
-    -> batch(b) -> count the dropped ones from the gaps in the stream index (logged)
+    -> batch(b) -> count the dropped ones from the stream indices missing (logged)
     -> prefetch (tf.data's autotuner off, see _prefetch)
 
 Every random number comes from stateless ops seeded by the stream index, so the
@@ -66,6 +66,63 @@ def dataset_info(data_config):
         class_names=source.class_names)
 
 
+# ---------------------------------------------------------------------------- records
+
+# The stream index of a decoded element, from _Decoder.decode to _count_failures,
+# which finds the records that failed to decode from the indices missing.
+_INDEX = "_index"
+
+
+def _no_read(key):
+    return key  # the records hold the encoded images
+
+
+@_plain_graph
+def _key_and_label(example):
+    return example["image"], example["label"]
+
+
+class _Decoder:
+    """decode and augment, the per-record functions of every pipeline.
+
+    decode(index, key, label) decodes the image read(key): for training (a seed)
+    into crop_views' V crops, seeded by (seed, index), plus the seed of
+    augment(element), the second stage; for eval (no seed) into the eval image.
+    The element keeps its index (_INDEX) until _count_failures.
+    """
+
+    def __init__(self, spec, read, seed=None):
+        self.spec = spec
+        self.read = read
+        self.seed = None if seed is None else tf.constant(seed, tf.int32)
+
+    @property
+    def training(self):
+        return self.seed is not None
+
+    def decode(self, index, key, label):
+        element = {"label": tf.cast(label, tf.int32), _INDEX: index}
+        encoded = self.read(key)
+        if not self.training:
+            element["image"] = views_lib.eval_image(encoded, self.spec)
+            return element
+        crop_seed, element["augment_seed"] = views_lib.stage_seeds(
+            augment.fold_seed(self.seed, index))
+        element["views"] = views_lib.crop_views(encoded, crop_seed, self.spec)
+        return element
+
+    def augment(self, element):
+        element = dict(element)
+        seed = element.pop("augment_seed")
+        element["views"] = views_lib.augment_views(element["views"], seed, self.spec)
+        return element
+
+
+def _decode_record(decoder):
+    """decoder.decode as a map function of enumerate's (index, (key, label)) elements."""
+    return _plain_graph(lambda index, record: decoder.decode(index, *record))
+
+
 # ---------------------------------------------------------------------------- bad records
 
 
@@ -79,63 +136,65 @@ def _corrupt_message(where):
             "config.data.data_dir")
 
 
-def require_decodable(indexed_records, decode_fn):
-    """Raises CorruptDatasetError unless one of the first (index, record) elements decodes.
+def require_decodable(indexed_records, decoder):
+    """Raises CorruptDatasetError unless one of the first (index, (key, label)) elements decodes.
 
-    decode_and_batch skips undecodable records, so on a dataset where nothing
-    decodes it would search forever; run this once on the records before streaming.
+    The pipelines skip undecodable records, so on a dataset where nothing
+    decodes they would search forever; run this once on the records before streaming.
     """
-    probe = indexed_records.take(MAX_CONSECUTIVE_DECODE_FAILURES).map(_plain_graph(decode_fn))
+    probe = indexed_records.take(MAX_CONSECUTIVE_DECODE_FAILURES).map(_decode_record(decoder))
     for _ in probe.ignore_errors().take(1):
         return
     raise CorruptDatasetError(_corrupt_message("at the start of the stream"))
 
 
-def decode_and_batch(indexed_records, decode_fn, *, batch_size, drop_remainder, first_index=0,
-                     augment_fn=None):
-    """(index, record) elements, consecutive int64 indices -> batches of decode_fn(index, record).
+def _count_failures(batches, span, *, first_index, action, what):
+    """Batches holding _INDEX -> the batches without it, their failed records counted.
 
-    decode_fn returns a dict; it runs in a parallel map that keeps the order.
-    Records it fails on are dropped and counted from the gaps they leave in the
-    index: each batch with a gap logs the running count, and a gap of
-    MAX_CONSECUTIVE_DECODE_FAILURES records raises InvalidArgumentError (message
-    containing CORRUPT_DATASET_MESSAGE). augment_fn, if given, maps each decoded
-    dict to the dict that is batched, in a second parallel map.
+    The batches cover the stream's indices in order from first_index:
+    span(start, indices) gives the end of a batch's range (it starts where the
+    previous one ended) and an assertion that stops a broken stream. The records
+    that failed in a batch are the indices of its range it does not hold; a batch
+    with some logs "supcon_tf.data: <action> n <what>; <action> so far: total".
     """
 
     @_plain_graph
-    def decode_with_index(index, record):
-        return dict(decode_fn(index, record), _index=index)
+    def count(state, batch):
+        start, total = state
+        indices = batch.pop(_INDEX)
+        end, check = span(start, indices)
+        failed = end - start - tf.size(tf.unique(indices).y, out_type=tf.int64)
+        total += failed
+        batch = _checked_and_logged(batch, check, failed, f"supcon_tf.data: {action}", failed,
+                                    f"{what}; {action} so far:", total)
+        return (end, total), batch
 
-    dataset = indexed_records.map(decode_with_index, num_parallel_calls=tf.data.AUTOTUNE,
-                                  deterministic=True)
-    # log_warning: TF logs each failure's error message.
-    dataset = dataset.ignore_errors(log_warning=True)
-    if augment_fn is not None:
-        # A map of its own: with the decoding and the augmentations (XLA programs) in
-        # one map, the training pipeline ran 1.05-1.1x slower.
-        dataset = dataset.map(_plain_graph(lambda element: dict(
-            augment_fn(element), _index=element["_index"])),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return batches.scan((tf.constant(first_index, tf.int64), tf.constant(0, tf.int64)), count)
 
-    @_plain_graph
-    def count_failures(state, batch):
-        last_index, total = state
-        indices = batch.pop("_index")
-        previous = tf.concat([[last_index], indices[:-1]], axis=0)
-        gaps = indices - previous - 1
-        skipped = tf.reduce_sum(gaps)
-        total += skipped
-        check = tf.debugging.assert_less(
-            tf.reduce_max(gaps), tf.constant(MAX_CONSECUTIVE_DECODE_FAILURES, tf.int64),
-            message=_corrupt_message("in a row"))
-        batch = _checked_and_logged(batch, check, skipped, "supcon_tf.data: skipped", skipped,
-                                    "records that failed to decode; skipped so far:", total)
-        return (indices[-1], total), batch
 
-    start = (tf.constant(first_index - 1, tf.int64), tf.constant(0, tf.int64))
-    return dataset.scan(start, count_failures)
+def _up_to_last(start, indices):
+    """The span of a uniform or eval batch: failed records were dropped, so it ends at its
+    last index; a gap of MAX_CONSECUTIVE_DECODE_FAILURES indices means a corrupt dataset."""
+    previous = tf.concat([[start - 1], indices[:-1]], axis=0)
+    check = tf.debugging.assert_less(
+        tf.reduce_max(indices - previous - 1),
+        tf.constant(MAX_CONSECUTIVE_DECODE_FAILURES, tf.int64),
+        message=_corrupt_message("in a row"))
+    return indices[-1] + 1, check
+
+
+def _one_step(examples_per_step, samples_per_class):
+    """The span of a class-balanced batch: step t's E indices [t E, (t + 1) E), failed images
+    replaced by their class's others; an index of another step means a class lost all M."""
+
+    def span(start, indices):
+        check = tf.debugging.assert_equal(
+            indices // examples_per_step, start // examples_per_step,
+            message=f"all {samples_per_class} images drawn for one class failed to decode "
+                    "(config.data.samples_per_class); check the class folders or the dataset")
+        return start + examples_per_step, check
+
+    return span
 
 
 def _checked_and_logged(batch, check, count, *message):
@@ -154,8 +213,30 @@ def _checked_and_logged(batch, check, count, *message):
 # ---------------------------------------------------------------------------- pipelines
 
 
-def _no_read(key):
-    return key  # the records hold the encoded images
+def _parallel_map(dataset, function):
+    return dataset.map(_plain_graph(function), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+
+
+def decode_and_batch(indexed_records, decoder, *, batch_size, drop_remainder, first_index=0):
+    """(index, (key, label)) elements, consecutive int64 indices -> batches of decoded records.
+
+    decoder.decode, then for training decoder.augment, run in parallel maps
+    that keep the order. Records that fail to decode are dropped and counted
+    (_count_failures): each batch after a gap logs the running count, and a gap of
+    MAX_CONSECUTIVE_DECODE_FAILURES records raises InvalidArgumentError (message
+    containing CORRUPT_DATASET_MESSAGE).
+    """
+    dataset = _parallel_map(indexed_records, _decode_record(decoder))
+    # log_warning: TF logs each failure's error message.
+    dataset = dataset.ignore_errors(log_warning=True)
+    if decoder.training:
+        # A map of its own: with the decoding and the augmentations (XLA programs) in
+        # one map, the training pipeline ran 1.05-1.1x slower.
+        dataset = _parallel_map(dataset, decoder.augment)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return _count_failures(dataset, _up_to_last, first_index=first_index, action="skipped",
+                           what="records that failed to decode")
 
 
 def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_examples=0,
@@ -167,27 +248,16 @@ def train_pipeline(records, spec, *, batch_size, seed, shuffle_buffer=0, skip_ex
     from memory. `seed` is an int32 [2]-convertible pair; batches are a pure
     function of it.
     """
-    seed = tf.constant(seed, tf.int32)
-    dataset = records.map(lambda example: (example["image"], example["label"]))
-
-    def decode(index, record):
-        key, label = record
-        encoded = read(key)
-        crop_seed, augment_seed = views_lib.stage_seeds(augment.fold_seed(seed, index))
-        return {"views": views_lib.crop_views(encoded, crop_seed, spec),
-                "augment_seed": augment_seed, "label": tf.cast(label, tf.int32)}
-
-    def augment_views(element):
-        return {"views": views_lib.augment_views(element["views"], element["augment_seed"], spec),
-                "label": element["label"]}
-
-    require_decodable(dataset.enumerate(), decode)
+    decoder = _Decoder(spec, read, seed)
+    dataset = records.map(_key_and_label)
+    require_decodable(dataset.enumerate(), decoder)
     dataset = dataset.repeat()
     if shuffle_buffer > 1:
-        dataset = dataset.shuffle(shuffle_buffer, seed=int(augment.fold_seed(seed, -1)[0]))
+        dataset = dataset.shuffle(shuffle_buffer,
+                                  seed=int(augment.fold_seed(decoder.seed, -1)[0]))
     dataset = dataset.enumerate().skip(skip_examples)
-    dataset = decode_and_batch(dataset, decode, batch_size=batch_size, drop_remainder=True,
-                               first_index=skip_examples, augment_fn=augment_views)
+    dataset = decode_and_batch(dataset, decoder, batch_size=batch_size, drop_remainder=True,
+                               first_index=skip_examples)
     return _prefetch(dataset)
 
 
@@ -207,77 +277,58 @@ def balanced_train_pipeline(keys, labels, spec, *, batch_size, samples_per_class
                                                              examples_per_step)
     sampler = balanced_lib.ClassBalancedSampler(labels, samples_per_class=samples_per_class,
                                                 classes_per_step=classes_per_step)
-    seed = tf.constant(seed, tf.int32)
-    sampler_seed = augment.fold_seed(seed, -2)  # -1 seeds the uniform stream's shuffle
+    decoder = _Decoder(spec, read, seed)
     keys = tf.constant(np.asarray(keys, dtype=object), tf.string)
     labels = tf.constant(labels, tf.int32)
-
-    def decode(index, position):
-        crop_seed, augment_seed = views_lib.stage_seeds(augment.fold_seed(seed, index))
-        return {"views": views_lib.crop_views(read(tf.gather(keys, position)), crop_seed, spec),
-                "augment_seed": augment_seed, "label": tf.gather(labels, position),
-                "_index": index}
-
-    def augment_views(element):
-        return {"views": views_lib.augment_views(element["views"], element["augment_seed"], spec),
-                "label": element["label"], "_index": element["_index"]}
-
-    probe = tf.data.Dataset.range(len(labels)).enumerate()
-    require_decodable(probe, lambda index, position: decode(index, position))
-
-    def step_groups(step):
-        indices = step * examples_per_step + tf.range(examples_per_step, dtype=tf.int64)
-        return tf.data.Dataset.from_tensor_slices(
-            (tf.reshape(indices, [classes_per_step, samples_per_class]),
-             sampler.positions(sampler_seed, step)))
-
-    def group(indices, positions):
-        # Failed images are dropped and the class's others repeated to fill its M.
-        return (tf.data.Dataset.from_tensor_slices((indices, positions))
-                .map(_plain_graph(decode)).ignore_errors(log_warning=True)
-                .repeat().take(samples_per_class))
-
-    dataset = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-    dataset = dataset.flat_map(_plain_graph(step_groups)).interleave(
-        _plain_graph(group), block_length=samples_per_class,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.map(_plain_graph(augment_views), num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
-    dataset = dataset.batch(examples_per_step, drop_remainder=True)
+    require_decodable(tf.data.Dataset.from_tensor_slices((keys, labels)).enumerate(), decoder)
 
     @_plain_graph
-    def count_replaced(state, batch):
-        step, total = state
-        indices = batch.pop("_index")
-        aligned = tf.debugging.assert_equal(
-            indices // examples_per_step, step,
-            message=f"all {samples_per_class} images drawn for one class failed to decode "
-                    "(config.data.samples_per_class); check the class folders or the dataset")
-        replaced = examples_per_step - tf.size(tf.unique(indices).y, out_type=tf.int64)
-        total += replaced
-        batch = _checked_and_logged(batch, aligned, replaced, "supcon_tf.data: replaced",
-                                    replaced, "images that failed to decode by others of their "
-                                    "class; replaced so far:", total)
-        return (step + 1, total), batch
+    def decoded_group(indices, positions):
+        # Failed images are dropped and the class's others repeated to fill its M.
+        records = (indices, tf.gather(keys, positions), tf.gather(labels, positions))
+        return (tf.data.Dataset.from_tensor_slices(records)
+                .map(_plain_graph(decoder.decode)).ignore_errors(log_warning=True)
+                .repeat().take(samples_per_class))
 
-    start = (tf.constant(start_step, tf.int64), tf.constant(0, tf.int64))
-    dataset = dataset.scan(start, count_replaced)
+    sampler_seed = augment.fold_seed(decoder.seed, -2)  # -1 seeds the uniform stream's shuffle
+    groups = _class_groups(sampler, sampler_seed, start_step)
+    dataset = groups.interleave(decoded_group, block_length=samples_per_class,
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = _parallel_map(dataset, decoder.augment)
+    dataset = dataset.batch(examples_per_step, drop_remainder=True)
+    dataset = _count_failures(
+        dataset, _one_step(examples_per_step, samples_per_class),
+        first_index=start_step * examples_per_step, action="replaced",
+        what="images that failed to decode by others of their class")
     if batch_size != examples_per_step:
         dataset = dataset.unbatch().batch(batch_size, drop_remainder=True)
     return _prefetch(dataset)
 
 
+def _class_groups(sampler, seed, start_step):
+    """(stream indices [M], positions [M]) of each class drawn, K a step from start_step on.
+
+    Step t's indices are t E ... (t + 1) E - 1 (E = K M), class after class.
+    """
+    k, m = sampler.classes_per_step, sampler.samples_per_class
+
+    @_plain_graph
+    def step_groups(step):
+        indices = step * k * m + tf.range(k * m, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.reshape(indices, [k, m]), sampler.positions(seed, step)))
+
+    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    return steps.flat_map(step_groups)
+
+
 def eval_pipeline(records, spec, *, batch_size, read=_no_read):
     """Records -> the whole split, one view, batches padded to batch_size with a mask."""
     size = spec.image_size
-
-    def decode(index, record):
-        key, label = record
-        return {"image": views_lib.eval_image(read(key), spec), "label": tf.cast(label, tf.int32)}
-
-    dataset = records.map(lambda example: (example["image"], example["label"])).enumerate()
-    require_decodable(dataset, decode)
-    dataset = decode_and_batch(dataset, decode, batch_size=batch_size, drop_remainder=False)
+    decoder = _Decoder(spec, read)
+    dataset = records.map(_key_and_label).enumerate()
+    require_decodable(dataset, decoder)
+    dataset = decode_and_batch(dataset, decoder, batch_size=batch_size, drop_remainder=False)
 
     @_plain_graph
     def pad(batch):
