@@ -213,8 +213,9 @@ def test_run_writes_config_and_results(tmp_path):
     assert written["num_classes"] == NUM_CLASSES and written["method"] == "ce"
 
 
-@pytest.mark.parametrize("setting, expected", [(True, True), ("True", True), ("false", False),
-                                               (False, False)])
+@pytest.mark.parametrize("setting, expected", [
+    pytest.param(True, True, marks=pytest.mark.host_xla),
+    pytest.param("True", True, marks=pytest.mark.host_xla), ("false", False), (False, False)])
 def test_jit_compile_setting_accepts_command_line_strings(setting, expected):
     assert strategy_lib.resolve_jit_compile(setting, tf.distribute.get_strategy()) is expected
 
