@@ -20,6 +20,7 @@ import os
 import re
 import runpy
 import signal
+import socket
 import sys
 
 import pytest
@@ -164,3 +165,15 @@ def import_main(monkeypatch):
     finally:
         sys.path.remove(REPO)
     return main
+
+
+def free_loopback_ports(count):
+    """count TCP ports on 127.0.0.1 that nothing listens on right now (for TF_CONFIG)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

@@ -12,13 +12,12 @@ exit status, the one `error:` line and that no traceback is printed.
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import import_main, load_config
+from conftest import free_loopback_ports, import_main, load_config
 
 from supcon_tf import config_validation
 
@@ -290,13 +289,6 @@ ENTRY_POINT_CASES = {
 }
 
 
-def closed_loopback_port():
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_entry_point(command, tmp, environment=None):
     command = [sys.executable] + [part.format(tmp=tmp, closed_port=CLOSED_PORT)
                                   for part in command]
@@ -308,7 +300,7 @@ def run_entry_point(command, tmp, environment=None):
                           timeout=TIMEOUT_S)
 
 
-CLOSED_PORT = closed_loopback_port()
+CLOSED_PORT = free_loopback_ports(1)[0]
 
 
 @pytest.fixture(scope="module")

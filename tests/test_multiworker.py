@@ -9,29 +9,17 @@ it outlives it (a worker waits forever for a peer that died).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, free_loopback_ports
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multiworker_worker.py")
 NUM_WORKERS = 2
 NUM_STEPS = 3
 TIMEOUT_S = 300
-
-
-def free_loopback_ports(count):
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def start(output_path, tf_config=None, mirrored=False):

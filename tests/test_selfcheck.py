@@ -9,7 +9,6 @@ The checks' own comparisons are tested on small inputs, each with a case that fa
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import types
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, load_config, mirrored_strategy
+from conftest import REPO, free_loopback_ports, load_config, mirrored_strategy
 
 from supcon_tf import selfcheck, train
 
@@ -250,17 +249,6 @@ def test_a_reference_on_the_whole_batch_fails_without_sync_bn(tmp_path, monkeypa
     outcome = results(report)
     assert outcome["stage one gradients"] == "fail" and outcome["stage one loss"] == "fail"
     assert outcome["checkpoint round trip"] == "pass" and not report["passed"]
-
-
-def free_loopback_ports(count):
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def run_two_workers(tmp_path, program, *flags):

@@ -15,11 +15,10 @@ import threading
 import grpc
 import pytest
 import tensorflow as tf
+from conftest import REPO, free_loopback_ports
 
 from supcon_tf import host_xla
 from supcon_tf import strategy as strategy_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_WORKERS = {"worker": ["127.0.0.1:2001", "127.0.0.1:2002"]}
 
 
@@ -103,15 +102,8 @@ def test_check_environment_reads_tf_config_only_without_tpu(monkeypatch):
 # ---------------------------------------------------------------- --tpu=grpc://
 
 
-def closed_loopback_port():
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_probe_refuses_a_closed_port():
-    port = closed_loopback_port()
+    port = free_loopback_ports(1)[0]
     with pytest.raises(strategy_lib.StrategyError) as raised:
         strategy_lib.probe_grpc_address(f"127.0.0.1:{port}", timeout_s=5.0)
     message = str(raised.value)
@@ -172,7 +164,7 @@ def test_a_malformed_tpu_address_is_refused(tpu, expected):
 def test_main_stops_on_an_unreachable_tpu_within_the_stated_bound(tmp_path):
     """main.py probes before TensorFlow loads; the bound is the probe's timeout plus Python's
     start-up (the subprocess timeout below, far from TensorFlow's own connection timeout)."""
-    port = closed_loopback_port()
+    port = free_loopback_ports(1)[0]
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("TF_CONFIG", None)
     done = subprocess.run(
