@@ -10,6 +10,9 @@ E/encoder, E/projection and E/classifier (see supcon_tf/export.py). Load them wi
     keras.layers.TFSMLayer("E/encoder")               # Keras 3
     tf.saved_model.load("E/encoder")(images)          # images float32 [B, H, W, 3] in [0, 1]
 
+H and W may be any size for a ResNet (a ViT takes only its training size);
+E/export_info.json's "recommended_image_size" is the size the model was trained at.
+
 Fails with a one-line error and a nonzero exit code if W has no checkpoint, the
 checkpoint does not match W/config.json, or E exists and --overwrite is not given.
 """

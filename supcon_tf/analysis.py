@@ -215,10 +215,14 @@ def run_analysis(export_dir, output_dir, *, config=None, data_dir=None, k=KNN_K,
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     if data_dir is not None:
         data_config.data_dir = data_dir
-    if data_config.image_size != info["image_size"]:
+    # The embeddings are evaluated at the training size: a ResNet export takes images
+    # of any size, but its kNN and probe accuracy are the run's at that size only.
+    trained_at = info.get("recommended_image_size", info["image_size"])
+    if data_config.image_size != trained_at:
         raise ValueError(
-            f"config.data.image_size={data_config.image_size} but the export takes "
-            f"{info['image_size']}px images; use the config the model was trained with"
+            f"config.data.image_size={data_config.image_size} but the export was trained "
+            f"on {trained_at}px images (export_info.json's recommended_image_size); use the "
+            "config the model was trained with"
         )
     num_classes = info["num_classes"]
     embedded = embed_splits(

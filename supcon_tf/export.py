@@ -15,7 +15,22 @@ training=False)` traced for both values of `training`, `variables`,
 `trainable_variables`, `regularization_losses`, and a `serving_default`
 signature (also exposed as the `serve` function, Keras' `TFSMLayer` default)
 that returns {"embedding", "projection", "logits"}. Images are float32
-[batch, H, W, 3] in [0, 1], any batch size, H = W = config.data.image_size.
+[batch, H, W, 3] in [0, 1], any batch size.
+
+Image size: the ResNet encoders are convolutions followed by global average
+pooling, so their exports take any H and W (the signature's shape is
+[None, None, None, 3], as TF-Hub image feature vectors); H = W =
+config.data.image_size, the size they were trained at, is recommended and is
+export_info.json's "recommended_image_size". A ViT's learned position
+embeddings fix its number of patches, so a ViT export keeps
+[None, S, S, 3] with S = config.data.image_size, and other sizes fail: an
+eager call finds no matching function, and a graph whose H and W were unknown
+when it was traced (a signature called directly, a Keras model on
+Input((None, None, 3))) stops at a check that names the size to resize to. The
+check matters for an image with as many patches as S x S (S/2 x 2S): it would
+otherwise run, with the position embeddings of other patches. export_info.json
+says so in "input_shape" and "image_size_note". For a ResNet, images of the
+recommended size give results like the training run's.
 
 The models are rebuilt in float32 even if training used mixed_bfloat16: the
 checkpointed variables are float32 either way and float32 is what TF Hub
@@ -43,21 +58,42 @@ class ForwardPasses:
     dispatch on the bool. Sharing them means each large graph is traced once per
     tracing context instead of once per export and entry point (tf.saved_model.save
     retraces every function it saves, but reuses these nested traces).
+
+    For a ResNet the functions are traced with H and W unknown (`input_shape`). The
+    Keras encoder was built on a fixed-size Input, but Keras checks only the known
+    dimensions of its inputs and no layer of a ResNet uses the static H or W, so the
+    traced graph runs at any size with the same weights.
     """
 
     def __init__(self, model, *, image_size, linear_head=None):
         self.model = model
         self.linear_head = linear_head
-        self.image_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, "images")
+        shape = input_shape(model.encoder, image_size)
+        self.image_spec = tf.TensorSpec(shape, tf.float32, "images")
+        self.fixed_size = shape[1]  # None: any size
         self.embedding = {
             training: self._traced(model.encoder, training) for training in (False, True)
         }
         self.outputs = {training: self._traced(model, training) for training in (False, True)}
 
     def _traced(self, layer, training):
-        return tf.function(
-            lambda images: layer(images, training=training), input_signature=[self.image_spec]
+        def forward(images):
+            if self.fixed_size is not None:
+                images = self._checked_size(images)
+            return layer(images, training=training)
+        return tf.function(forward, input_signature=[self.image_spec])
+
+    def _checked_size(self, images):
+        """images, after a run-time check of H and W for a fixed-size encoder: a caller
+        whose graph has unknown H and W can reach the traced function with any size."""
+        size = self.fixed_size
+        check = tf.debugging.assert_equal(
+            tf.shape(images)[1:3], tf.constant([size, size]),
+            message=(f"this export takes {size}x{size} images only (a ViT: its position "
+                     f"embeddings fix the number of patches); resize the images to {size}"),
         )
+        with tf.control_dependencies([check]):
+            return tf.identity(images)
 
     def logits(self, embedding, training):
         features = self.model.head_input(embedding)
@@ -75,6 +111,32 @@ class ForwardPasses:
             "projection": [self.model.encoder, self.model.projection_head],
             "logits": [self.model.encoder, classifier],
         }[output]
+
+
+def takes_any_image_size(encoder):
+    """True for a ResNet encoder (fully convolutional, then global average pooling),
+    False for a ViT, whose learned position embeddings fix the number of patches."""
+    return encoder.name not in models.VIT_CONFIGS
+
+
+def input_shape(encoder, image_size):
+    """The exported images' shape: [None, None, None, 3] (any batch, H and W) where the
+    encoder takes any size, else [None, image_size, image_size, 3]."""
+    side = None if takes_any_image_size(encoder) else int(image_size)
+    return [None, side, side, 3]
+
+
+def image_size_info(encoder, image_size):
+    """export_info.json's entries on the input size (see the module docstring)."""
+    shape = input_shape(encoder, image_size)
+    if shape[1] is None:
+        note = (f"any H and W: the encoder is fully convolutional; it was trained on "
+                f"{image_size}x{image_size} images, the recommended size")
+    else:
+        note = (f"H = W = {image_size} only: the ViT's position embeddings fix the number "
+                "of patches; resize images to this size")
+    return {"recommended_image_size": int(image_size), "input_shape": shape,
+            "image_size_note": note}
 
 
 class HubModule(tf.Module):
@@ -270,7 +332,8 @@ def export_from_workdir(workdir, export_dir, *, checkpoint=None, overwrite=False
         "checkpoint": checkpoint,
         "classifier_head": "linear" if linear_head is not None else "online",
         "linear_checkpoint": linear_checkpoint,
-        "image_size": config.data.image_size,
+        "image_size": config.data.image_size,  # the training size
+        **image_size_info(model.encoder, config.data.image_size),
         "num_classes": config.num_classes,
         "class_names": list(config.get("class_names", [])),
         "exports": list(EXPORT_NAMES),

@@ -4,7 +4,9 @@ One tiny workdir (configs/digits.py:tiny, random weights, BN statistics moved of
 their initial values, a stage-two linear head) is exported once through the
 export_hub.py command line; the tests load that export in tf.saved_model.load,
 keras.layers.TFSMLayer, hub.KerasLayer (inference and fine-tuning) and
-saved_model_cli, and compare with the original Keras model.
+saved_model_cli, and compare with the original Keras model. The ResNet exports take
+images of any H and W: at twice the training size they match a Keras model built at
+that size with the same weights.
 
 test_analysis.py and test_notebook.py reuse `shared_export` from here.
 """
@@ -83,7 +85,10 @@ def shared_export(tmp_path_factory):
     """One exported tiny workdir per test session (built through the CLI).
 
     Returns dict(export_dir, workdir, config, images, reference, reference_training,
-    moving_stats_after_training, head).
+    moving_stats_after_training, head, large_images, reference_large).
+    large_images are twice the training size; reference_large holds the outputs of
+    a Keras model built at that size with the model's weights (a ResNet's weights
+    do not depend on the image size).
     """
     if "export" not in _EXPORTS:
         root = tmp_path_factory.mktemp("shared_export")
@@ -103,6 +108,15 @@ def shared_export(tmp_path_factory):
         images = np.random.default_rng(1).random((6, size, size, 3), dtype=np.float32)
         reference = {key: t.numpy() for key, t in model(images, training=False).items()}
         reference["linear_logits"] = head(model.head_input(reference["embedding"])).numpy()
+        large_images = np.random.default_rng(2).random((4, 2 * size, 2 * size, 3),
+                                                       dtype=np.float32)
+        large_model = models.build_model(config.model, num_classes=NUM_CLASSES,
+                                         image_size=2 * size)
+        large_model(large_images[:1], training=False)
+        large_model.set_weights(model.get_weights())
+        reference_large = {k: t.numpy() for k, t in large_model(large_images).items()}
+        reference_large["linear_logits"] = head(
+            large_model.head_input(reference_large["embedding"])).numpy()
         # Last, because training mode moves the model's BN statistics.
         reference_training = {k: t.numpy() for k, t in model(images, training=True).items()}
         reference_training["linear_logits"] = head(
@@ -117,6 +131,7 @@ def shared_export(tmp_path_factory):
             reference=reference, reference_training=reference_training,
             moving_stats_after_training=moving_stats, head=head,
             encoder_variable_counts=encoder_variable_counts,
+            large_images=large_images, reference_large=reference_large,
         )
     return _EXPORTS["export"]
 
@@ -141,7 +156,12 @@ def test_export_dir_layout_and_info(exported):
     assert info["classifier_head"] == "linear"
     assert info["checkpoint"].endswith("ckpt-7")
     assert info["num_classes"] == NUM_CLASSES
-    assert info["config"]["data"]["image_size"] == exported["config"].data.image_size
+    size = exported["config"].data.image_size
+    assert info["config"]["data"]["image_size"] == size
+    # The ResNet takes any size; the training size is the recommended one.
+    assert info["image_size"] == info["recommended_image_size"] == size
+    assert info["input_shape"] == [None, None, None, 3]
+    assert "any H and W" in info["image_size_note"]
 
 
 def test_saved_model_load_matches_keras_model(exported):
@@ -162,6 +182,17 @@ def test_saved_model_load_matches_keras_model(exported):
         trainable = {v.name for v in loaded.trainable_variables}
         assert trainable < {v.name for v in loaded.variables}
         assert not any("moving" in name for name in trainable)
+
+        # Twice the training size, and a non-square size.
+        large = exported["large_images"]
+        np.testing.assert_allclose(
+            loaded(large).numpy(), exported["reference_large"][output], atol=ATOL
+        )
+        served = loaded.signatures["serving_default"](images=tf.constant(large))
+        for key in ("embedding", "projection"):
+            np.testing.assert_allclose(served[key].numpy(), exported["reference_large"][key],
+                                       atol=ATOL)
+        assert loaded(large[:, :12, :]).shape == (len(large),) + reference[output].shape[1:]
 
         if name == "encoder":  # exactly the variables its __call__ needs
             counts = (len(loaded.variables), len(loaded.trainable_variables))
@@ -186,10 +217,56 @@ def test_tfsm_layer_in_keras3(exported):
     path = os.path.join(exported["export_dir"], "projection")
     layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
     inputs = keras.Input((images.shape[1], images.shape[2], 3))
-    outputs = keras.Model(inputs, layer(inputs)).predict(images, verbose=0)
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(jit_compile=False)  # see test_tfsm_layer_runs_the_encoder_at_any_size
+    outputs = model.predict(images, verbose=0)
     for key in ("embedding", "projection"):
         np.testing.assert_allclose(outputs[key], reference[key], atol=ATOL)
     np.testing.assert_allclose(outputs["logits"], reference["linear_logits"], atol=ATOL)
+
+
+def test_tfsm_layer_runs_the_encoder_at_any_size(exported):
+    """The encoder through TFSMLayer's default endpoint at the training size and at
+    twice it: called on each size's images, and in one Keras model with unknown H and W.
+
+    The eager calls come first: once a loaded function has been called on unknown H
+    and W (the Keras model below), TensorFlow runs it on any size even where the
+    signature fixes one, so only calls before that check the signature."""
+    path = os.path.join(exported["export_dir"], "encoder")
+    sizes = ((exported["images"], exported["reference"]),
+             (exported["large_images"], exported["reference_large"]))
+    layer = keras.layers.TFSMLayer(path)
+    eager = [layer(images) for images, _ in sizes]
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.TFSMLayer(path)(inputs))
+    # predict's default jit_compile="auto" compiles with XLA wherever a non-CPU device
+    # is listed, and the TPU wheel lists TPU_SYSTEM but has no XLA for the host CPU.
+    model.compile(jit_compile=False)
+    for (images, reference), eager_outputs in zip(sizes, eager):
+        for outputs in (eager_outputs, model.predict(images, verbose=0)):
+            assert outputs["embedding"].shape == (len(images), reference["embedding"].shape[1])
+            for key in ("embedding", "projection"):
+                np.testing.assert_allclose(outputs[key], reference[key], atol=ATOL)
+            np.testing.assert_allclose(outputs["logits"], reference["linear_logits"], atol=ATOL)
+
+
+@pytest.mark.tf_keras
+def test_hub_keras_layer_runs_the_encoder_at_any_size(exported):
+    import tensorflow_hub as hub
+    import tf_keras
+
+    path = os.path.join(exported["export_dir"], "encoder")
+    sizes = ((exported["images"], exported["reference"]),
+             (exported["large_images"], exported["reference_large"]))
+    # Eager calls first, on a layer of their own (see the TFSMLayer test above).
+    layer = hub.KerasLayer(path)
+    eager = [layer(images).numpy() for images, _ in sizes]
+    inputs = tf_keras.Input((None, None, 3))
+    model = tf_keras.Model(inputs, hub.KerasLayer(path)(inputs))
+    for (images, reference), eager_embedding in zip(sizes, eager):
+        for embedding in (eager_embedding, model(images).numpy()):
+            assert embedding.shape == (len(images), reference["embedding"].shape[1])
+            np.testing.assert_allclose(embedding, reference["embedding"], atol=ATOL)
 
 
 @pytest.mark.tf_keras
@@ -235,9 +312,10 @@ def test_saved_model_cli_shows_signature_and_both_traces(exported):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    size = exported["config"].data.image_size
     assert "signature_def['serving_default']" in out
-    assert f"inputs['images'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1, {size}, {size}, 3)" in out
+    # H and W unknown: the ResNet takes any size.
+    images_info = "inputs['images'] tensor_info:\n        dtype: DT_FLOAT\n        shape: "
+    assert images_info + "(-1, -1, -1, 3)" in out
     for key in ("embedding", "projection", "logits"):
         assert f"outputs['{key}']" in out
     call_section = out.split("Function Name: '__call__'")[1].split("Function Name:")[0]
@@ -358,3 +436,40 @@ def test_export_into_missing_or_empty_dir(tmp_path, monkeypatch, small_model):
     for export_dir in (tmp_path / "empty", tmp_path / "nested" / "new"):
         export.export_models(small_model, str(export_dir), image_size=size)
         assert sorted(os.listdir(export_dir)) == ["classifier", "encoder", "projection"]
+
+
+def test_image_size_info_any_size_for_resnets_fixed_for_vits():
+    resnet = models.encoder("resnet18", image_size=8, cifar_stem=True, width_multiplier=0.125)
+    vit = models.encoder("vit_tiny", image_size=8)
+    assert export.takes_any_image_size(resnet) and not export.takes_any_image_size(vit)
+    assert export.input_shape(resnet, 8) == [None, None, None, 3]
+    assert export.input_shape(vit, 8) == [None, 8, 8, 3]
+    for encoder in (resnet, vit):
+        assert export.image_size_info(encoder, 8)["recommended_image_size"] == 8
+    assert "H = W = 8 only" in export.image_size_info(vit, 8)["image_size_note"]
+
+
+def test_vit_export_keeps_its_fixed_size(tmp_path):
+    """A ViT's export takes its training size and refuses another (position embeddings)."""
+    config = digits_config.get_config("tiny")
+    config.model.name = "vit_tiny"
+    config.model.cifar_stem = False
+    config.model.width_multiplier = 1.0
+    model = models.build_model(config.model, num_classes=NUM_CLASSES, image_size=8)
+    images = np.random.default_rng(3).random((2, 8, 8, 3), dtype=np.float32)
+    expected = model(images, training=False)["embedding"].numpy()
+    path = str(tmp_path / "encoder")
+    export.save_hub_module(
+        export.HubModule(export.ForwardPasses(model, image_size=8), "embedding"), path
+    )
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_allclose(loaded(images).numpy(), expected, atol=ATOL)
+    signature = loaded.signatures["serving_default"]
+    assert signature.structured_input_signature[1]["images"].shape.as_list() == [None, 8, 8, 3]
+    with pytest.raises((ValueError, TypeError)):
+        loaded(np.zeros((2, 16, 16, 3), np.float32))
+    # The signature runs on any shape it is handed; the graph's own check stops it. 4 x 16
+    # images have as many patches as 8 x 8 ones, so only that check can refuse them.
+    for shape in ((2, 16, 16, 3), (2, 4, 16, 3)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="8x8 images only"):
+            signature(images=tf.zeros(shape))
