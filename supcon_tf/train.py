@@ -49,7 +49,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from supcon_tf import data, evaluate, init_from, models, optim
+from supcon_tf import checkpoints, data, evaluate, init_from, models, optim
 from supcon_tf import momentum as momentum_lib
 from supcon_tf import strategy as strategy_lib
 from supcon_tf.losses import supcon_loss
@@ -72,35 +72,6 @@ SCALAR_METADATA = summary_pb2.SummaryMetadata(
 
 class Preempted(Exception):
     """SIGTERM arrived; a checkpoint of the last finished step was saved."""
-
-
-# ---------------------------------------------------------------- workdir files
-
-
-def write_atomically(path, text):
-    """Writes text to path via a temporary file and a rename, so readers never see half."""
-    tmp_path = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp_path, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp_path, path, overwrite=True)
-
-
-def save_config(config, workdir):
-    """workdir/config.json: the resolved config; export rebuilds the model from it."""
-    path = os.path.join(workdir, "config.json")
-    write_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True))
-    # One line, without the class names (thousands for some datasets): the log shows the run.
-    shown = config.to_dict()
-    shown.pop("class_names", None)
-    logging.info("config (%s): %s", path, json.dumps(shown, sort_keys=True, default=str))
-
-
-def is_chief(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker"
-                                             and resolver.task_id == 0)
 
 
 # ---------------------------------------------------------------- stage sizes
@@ -384,12 +355,12 @@ def run_stage(stage, config, workdir, strategy):
     jit_compile = strategy_lib.resolve_jit_compile(train_config.jit_compile, strategy)
 
     # ---- checkpoint
-    chief = is_chief(strategy)
+    chief = checkpoints.is_chief(strategy)
     checkpoint_dir = os.path.join(workdir, stage.checkpoint_subdir)
     if not chief:  # every worker must save (variables sync), only the chief keeps it
         checkpoint_dir = os.path.join(workdir, "tmp", stage.checkpoint_subdir,
                                       f"worker_{strategy.cluster_resolver.task_id}")
-    resumed_from = restore_newest_readable(stage.checkpoint, checkpoint_dir)
+    resumed_from = checkpoints.restore_newest_readable(stage.checkpoint, checkpoint_dir)
     if resumed_from:
         logging.info("%s: resumed from %s", stage.name, resumed_from)
     manager = tf.train.CheckpointManager(stage.checkpoint, checkpoint_dir,
@@ -446,45 +417,6 @@ def run_stage(stage, config, workdir, strategy):
     if not chief:
         tf.io.gfile.rmtree(checkpoint_dir)
     return step
-
-
-UNREADABLE_PREFIX = "unreadable-"
-
-
-def restore_newest_readable(checkpoint, checkpoint_dir):
-    """Restores the newest checkpoint in checkpoint_dir that reads back; returns its path,
-    or None when the directory has none.
-
-    A newer one that does not read back (a truncated file, say) is logged and its files
-    renamed to unreadable-<name>, so that nothing is deleted and no later save
-    overwrites them; the directory's state file then lists only readable ones.
-    """
-    state = tf.train.get_checkpoint_state(checkpoint_dir)
-    if state is None:
-        return None
-    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-    for newest in range(len(paths) - 1, -1, -1):
-        path = paths[newest]
-        try:
-            checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as error:
-            logging.warning("checkpoint %s does not read back (%s); trying the one before",
-                            path, " ".join(str(error).split())[:200])
-            continue
-        unreadable = paths[newest + 1:]
-        for bad in unreadable:
-            for name in tf.io.gfile.glob(f"{bad}.*"):
-                aside = os.path.join(os.path.dirname(name),
-                                     UNREADABLE_PREFIX + os.path.basename(name))
-                tf.io.gfile.rename(name, aside, overwrite=True)
-            logging.warning("kept the unreadable %s as %s%s.*, resuming from %s", bad,
-                            UNREADABLE_PREFIX, os.path.basename(bad), path)
-        if unreadable:
-            tf.compat.v1.train.update_checkpoint_state(
-                checkpoint_dir, path, all_model_checkpoint_paths=paths[:newest + 1])
-        return path
-    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir} reads back (all of "
-                            f"{len(paths)} failed; see the log); move them away to start again")
 
 
 def crossed(previous_step, step, every):
@@ -567,7 +499,8 @@ def restore_for_eval(config, workdir, strategy, *, num_classes, num_train_exampl
     """The stage-one model from the latest checkpoint in workdir (for --mode=eval)."""
     model, _, checkpoint, _ = build_stage_one(config, strategy, num_classes=num_classes,
                                               num_train_examples=num_train_examples)
-    if restore_newest_readable(checkpoint, os.path.join(workdir, "checkpoints")) is None:
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    if checkpoints.restore_newest_readable(checkpoint, checkpoint_dir) is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; run --mode=train first")
     return model, int(checkpoint.optimizer.iterations.numpy())
 
@@ -602,7 +535,7 @@ def cached_probe(config, workdir, strategy, model, eval_features, eval_labels, *
         train_features, train_labels, eval_features, eval_labels, num_classes=num_classes,
         optim_config=config.linear.optim, epochs=config.linear.epochs,
         batch_size=config.linear.global_batch_size, seed=config.seed, head=head)
-    if is_chief(strategy):
+    if checkpoints.is_chief(strategy):
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(head=head),
                                              os.path.join(workdir, "linear"), max_to_keep=1)
         manager.save(checkpoint_number=config.linear.epochs)
@@ -656,8 +589,8 @@ def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
         config.num_classes = int(info.num_classes)
         config.class_names = list(info.class_names)
     init_from.adopt_architecture(config)  # the source's encoder, when config.init_from is set
-    if is_chief(strategy):
-        save_config(config, workdir)
+    if checkpoints.is_chief(strategy):
+        checkpoints.save_config(config, workdir)
     sizes = dict(num_classes=info.num_classes, num_train_examples=info.num_train_examples)
 
     if mode in ("train", "train_then_eval"):
@@ -675,9 +608,10 @@ def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
     results.update(evaluate_model(config, workdir, strategy, model, **sizes))
     results["wall_s"] = round(time.time() - start_time, 1)
     logging.info("results: %s", {k: v for k, v in results.items() if k != "class_names"})
-    if is_chief(strategy):
-        write_atomically(os.path.join(workdir, "results.json"),
-                         json.dumps(results, indent=2, sort_keys=True, default=_to_builtin))
+    if checkpoints.is_chief(strategy):
+        checkpoints.write_atomically(
+            os.path.join(workdir, "results.json"),
+            json.dumps(results, indent=2, sort_keys=True, default=_to_builtin))
     return results
 
 

@@ -10,7 +10,7 @@ from conftest import mirrored_strategy
 from test_tpu_constraints import (GLOBAL_BATCH, build_stage, fixed_batch, stage_config,
                                   stream_of)
 
-from supcon_tf import cross_replica, train
+from supcon_tf import checkpoints, cross_replica, train
 from supcon_tf.losses import supcon_loss
 
 
@@ -184,7 +184,7 @@ def test_a_checkpoint_from_eight_replicas_restores_on_one_and_on_four(tmp_path):
 
     for strategy in (tf.distribute.get_strategy(), mirrored_strategy(4)):
         restored = build_stage("queue", strategy, config=config)
-        assert train.restore_newest_readable(restored.checkpoint, directory) == path
+        assert checkpoints.restore_newest_readable(restored.checkpoint, directory) == path
         restored.checkpoint.restore(path).assert_consumed()
         assert int(restored.optimizer.iterations.numpy()) == 2
         for group, variables in queue_state(restored).items():

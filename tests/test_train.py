@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import load_config, mirrored_strategy, sigterm_after_first_loop
 
-from supcon_tf import evaluate, train
+from supcon_tf import checkpoints, evaluate, train
 from supcon_tf import strategy as strategy_lib
 
 NUM_CLASSES = 10
@@ -428,6 +428,6 @@ def test_an_unreadable_latest_checkpoint_falls_back_and_is_kept(tmp_path):
     assert resumed_steps == steps  # fell back to the one before, then trained to the end
     assert tf.train.latest_checkpoint(checkpoint_dir) == latest  # saved again, readable
     tf.train.load_checkpoint(latest).get_variable_to_shape_map()
-    kept = os.path.join(checkpoint_dir, train.UNREADABLE_PREFIX + os.path.basename(data_file))
+    kept = os.path.join(checkpoint_dir, checkpoints.UNREADABLE_PREFIX + os.path.basename(data_file))
     with open(kept, "rb") as f:
         assert f.read() == truncated  # nothing that was saved is lost
