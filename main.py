@@ -28,13 +28,12 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from supcon_tf import cli  # noqa: E402
+from supcon_tf import cli, constants  # noqa: E402
 
 cli.quiet_tensorflow_startup()  # before TensorFlow loads; see supcon_tf/cli.py
 
-# train.MODES plus describe and selfcheck; spelled out so that flags parse before
-# TensorFlow loads.
-MODES = ("train", "eval", "train_then_eval", "describe", "selfcheck")
+# constants imports no TensorFlow, so the flags parse before TensorFlow loads.
+MODES = constants.MODES + ("describe", "selfcheck")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/digits.py or configs/digits.py:tiny; "

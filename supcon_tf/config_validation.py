@@ -15,12 +15,12 @@ import uuid
 import keras
 import tensorflow as tf
 
+from supcon_tf import constants
 from supcon_tf import data as data_lib
 from supcon_tf import init_from as init_from_lib
 from supcon_tf import losses as losses_lib
 from supcon_tf import models as models_lib
 from supcon_tf import optim as optim_lib
-from supcon_tf import train as train_lib
 from supcon_tf.models import heads as heads_lib
 from supcon_tf.models import resnet as resnet_lib
 from supcon_tf.models import vit as vit_lib
@@ -68,7 +68,7 @@ def _choose(field, value, valid):
 
 
 def _check_names(config):
-    _choose("method", config.method, train_lib.METHODS)
+    _choose("method", config.method, constants.METHODS)
     _choose("model.name", config.model.name, models_lib.ENCODER_NAMES)
     _choose("model.conv_init", config.model.conv_init, resnet_lib.CONV_INITS)
     _choose("model.head_init", config.model.head_init, heads_lib.HEAD_INITS)
@@ -82,9 +82,9 @@ def _check_names(config):
     _choose("loss.contrast_mode", config.loss.contrast_mode, losses_lib.CONTRAST_MODES)
     _choose("loss.denominator_mode", config.loss.denominator_mode, losses_lib.DENOMINATOR_MODES)
     _choose("loss.cross_entropy_views", config.loss.cross_entropy_views,
-            train_lib.CROSS_ENTROPY_VIEWS)
-    _choose("linear.protocol", config.linear.protocol, train_lib.LINEAR_PROTOCOLS)
-    _choose("linear.bn_mode", config.linear.bn_mode, train_lib.BN_MODES)
+            constants.CROSS_ENTROPY_VIEWS)
+    _choose("linear.protocol", config.linear.protocol, constants.LINEAR_PROTOCOLS)
+    _choose("linear.bn_mode", config.linear.bn_mode, constants.BN_MODES)
     for prefix, optim_config in (("optim", config.optim), ("linear.optim", config.linear.optim)):
         _choose(f"{prefix}.name", optim_config.name, optim_lib.OPTIMIZERS)
         _choose(f"{prefix}.schedule", optim_config.schedule, optim_lib.SCHEDULES)
@@ -231,7 +231,7 @@ def _iterable(value):
 
 def _check_counts(config):
     """Integer fields that no other check bounds, with the smallest value each accepts."""
-    largest_seed = 2**32 - 1 - train_lib.STAGE_TWO_SEED_OFFSET  # NumPy seeds are uint32
+    largest_seed = 2**32 - 1 - constants.STAGE_TWO_SEED_OFFSET  # NumPy seeds are uint32
     if not 0 <= config.seed <= largest_seed:
         raise ConfigError(f"config.seed={config.seed} must be in [0, {largest_seed}]")
     for field, smallest, meaning in (
@@ -345,7 +345,7 @@ def _check_data_fields(config):
         raise ConfigError(
             f"config.linear.label_smoothing={config.linear.label_smoothing} must be in [0, 1)")
     for prefix, data_config in (("", config.data),
-                                ("stage two: ", train_lib.stage_two_data_config(config))):
+                                ("stage two: ", constants.stage_two_data_config(config))):
         try:
             data_lib.ViewSpec.from_data_config(data_config, jpeg=False)
         except ValueError as err:
@@ -395,7 +395,7 @@ def _check_samples_per_class(config, num_classes):
     stages = [("config.data", config.data, "train.global_batch_size",
                config.train.global_batch_size)]
     if _stage_two_runs(config):
-        stages.append(("stage two: config.linear.data", train_lib.stage_two_data_config(config),
+        stages.append(("stage two: config.linear.data", constants.stage_two_data_config(config),
                        "linear.global_batch_size", config.linear.global_batch_size))
     for where, data_config, field, batch in stages:
         samples = data_config.get("samples_per_class")

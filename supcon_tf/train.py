@@ -52,17 +52,12 @@ from tensorflow.core.framework import summary_pb2
 from supcon_tf import checkpoints, data, evaluate, init_from, models, optim
 from supcon_tf import momentum as momentum_lib
 from supcon_tf import strategy as strategy_lib
+from supcon_tf.constants import (BN_MODES, METHODS, MODES, STAGE_TWO_SEED_OFFSET,
+                                 stage_two_data_config)
 from supcon_tf.losses import supcon_loss
 
-METHODS = ("supcon", "simclr", "ce")
-MODES = ("train", "eval", "train_then_eval")
-LINEAR_PROTOCOLS = ("augmented", "cached")
-BN_MODES = ("batch_stats", "inference")
-CROSS_ENTROPY_VIEWS = ("first", "all")
 STAGE_ONE_METRICS = ("loss", "classifier_loss", "top1", "finite")
 STAGE_TWO_METRICS = ("loss", "top1", "finite")
-# Stage two's data stream: a seed of its own, so its views are not stage one's.
-STAGE_TWO_SEED_OFFSET = 10_000
 # tf.summary.scalar needs the tensorboard package, which TF no longer installs; a raw
 # summary tagged for TensorBoard's scalars plugin reads the same.
 SCALAR_METADATA = summary_pb2.SummaryMetadata(
@@ -84,13 +79,6 @@ def steps_per_epoch(num_examples, global_batch_size):
         raise ValueError(f"global batch size {global_batch_size} exceeds the {num_examples} "
                          "training examples; lower it")
     return num_examples / global_batch_size
-
-
-def stage_two_data_config(config):
-    """config.data with the fields of config.linear.data overridden."""
-    data_config = ml_collections.ConfigDict(config.data.to_dict())
-    data_config.update(config.linear.data.to_dict())
-    return data_config
 
 
 # ---------------------------------------------------------------- losses

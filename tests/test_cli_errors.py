@@ -340,6 +340,6 @@ def test_entry_point_exits_with_one_error_line(entry_point_runs, name):
 
 def test_main_modes_are_train_modes_describe_and_selfcheck(monkeypatch):
     main = import_main(monkeypatch)
-    from supcon_tf import train
+    from supcon_tf import constants
 
-    assert main.MODES == train.MODES + ("describe", "selfcheck")
+    assert main.MODES == constants.MODES + ("describe", "selfcheck")

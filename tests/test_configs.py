@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from supcon_tf import data, models, optim, train
+from supcon_tf import constants, data, models, optim, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -78,7 +78,7 @@ def test_config_follows_schema_and_documents_itself(path):
     for dotted, keys in SCHEMA.items():
         missing = [k for k in keys if k not in section(config, dotted)]
         assert not missing, f"{name}: config.{dotted} lacks {missing}"
-    assert config.method in train.METHODS
+    assert config.method in constants.METHODS
     assert config.data.name in data.DATASETS
     assert config.model.name in models.ENCODER_NAMES
     assert config.optim.name in optim.OPTIMIZERS and config.linear.optim.name in optim.OPTIMIZERS

@@ -30,7 +30,7 @@ from conftest import load_config, mirrored_strategy
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.framework import op_def_registry
 
-from supcon_tf import data, optim, train
+from supcon_tf import constants, data, optim, train
 
 NUM_CLASSES = 10
 NUM_TRAIN_EXAMPLES = 1437  # the digits training split
@@ -93,7 +93,7 @@ def build_stage(stage, strategy, jit_compile=False, config=None):
         return Built(train.make_train_loop(strategy, step, jit_compile, train.STAGE_TWO_METRICS),
                      model, optimizer, checkpoint, train.stage_two_data_config(config),
                      config.linear.global_batch_size,
-                     config.seed + train.STAGE_TWO_SEED_OFFSET, train.STAGE_TWO_METRICS)
+                     config.seed + constants.STAGE_TWO_SEED_OFFSET, train.STAGE_TWO_METRICS)
     step = train.make_replica_step(config, model, optimizer, replicas,
                                    momentum=getattr(checkpoint, "momentum", None),
                                    queue_in_loss=True)
