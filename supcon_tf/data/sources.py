@@ -19,11 +19,13 @@ Any other name is a TFDS builder; its Image and ClassLabel features are found
 from its features dict.
 """
 
+import contextlib
 import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from supcon_tf.data import digits  # noqa: F401  (registers the embedded 'digits' builder with TFDS)
 
@@ -95,6 +97,20 @@ def _feature_key(features, kind, conventional_key, data_config):
         f"{found}; its features are {', '.join(features)}")
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Without TFDS's notices about a folder it is still writing, and its progress bars
+    (turned off for good: nothing else here prepares a dataset), which would otherwise
+    fill the terminal of the run that prepares the digits."""
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.disable_progress_bar()
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
 class TfdsSource:
     """A prepared TFDS dataset; only the embedded digits prepares itself (offline)."""
 
@@ -102,9 +118,10 @@ class TfdsSource:
         self.name = data_config.name
         self._data_config = data_config
         check_name(self.name)
-        self._builder = tfds.builder(self.name, data_dir=_data_dir(data_config))
-        if self.name == "digits" and not self._builder.is_prepared():
-            self._builder.download_and_prepare()  # offline: the images come from scikit-learn
+        with _quiet_tfds():
+            self._builder = tfds.builder(self.name, data_dir=_data_dir(data_config))
+            if self.name == "digits" and not self._builder.is_prepared():
+                self._builder.download_and_prepare()  # offline: from scikit-learn
         features = self._builder.info.features
         self._image_key = _feature_key(features, tfds.features.Image, "image", data_config)
         self._label_key = _feature_key(features, tfds.features.ClassLabel, "label", data_config)
