@@ -1,4 +1,5 @@
-"""Evaluation: top-k accuracy on a full split, embedding extraction, the linear probe.
+"""Evaluation: top-k accuracy on a full split, embedding extraction, the linear probe,
+and a trained model's results (evaluate_model).
 
 The paper rows' stage two trains its classifier through the frozen encoder on
 augmented views (train.py, config.linear.protocol="augmented"). linear_probe is the
@@ -9,11 +10,13 @@ is the same optimization, only cheaper; it is not the official protocol. The fin
 epoch is reported: nothing is selected on the eval split.
 """
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from supcon_tf import models, optim
+from supcon_tf import checkpoints, data, models, optim
 
 
 def topk_accuracy(labels, logits, k, mask=None):
@@ -113,3 +116,72 @@ def linear_probe(train_emb, train_labels, test_emb, test_labels, *, num_classes,
     return {"top1": topk_accuracy(test_labels, test_logits, 1),
             "top5": topk_accuracy(test_labels, test_logits, 5),
             "train_top1": topk_accuracy(train_labels, train_logits, 1)}
+
+
+# ---------------------------------------------------------------- a trained model
+
+
+def split_outputs(config, strategy, embed_fn, split):
+    eval_batch = config.eval.batch_size
+    if eval_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"eval.batch_size={eval_batch} must divide evenly over "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    dataset = data.build_eval_dataset(config.data, split=split, batch_size=eval_batch)
+    return extract_embeddings(
+        embed_fn, strategy.experimental_distribute_dataset(dataset), strategy=strategy)
+
+
+def topk(labels, logits):
+    return {"top1": topk_accuracy(labels, logits, 1), "top5": topk_accuracy(labels, logits, 5)}
+
+
+def cached_probe(config, workdir, strategy, model, eval_features, eval_labels, *, num_classes):
+    """The "cached" protocol: a classifier on un-augmented embeddings computed once."""
+    def features_fn(images):
+        return model.head_input(tf.cast(model.encoder(images, training=False), tf.float32))
+
+    train_features, train_labels = split_outputs(config, strategy, features_fn,
+                                                 config.data.train_split)
+    head = models.linear_head(num_classes, init=config.model.classifier_init)
+    probe = linear_probe(
+        train_features, train_labels, eval_features, eval_labels, num_classes=num_classes,
+        optim_config=config.linear.optim, epochs=config.linear.epochs,
+        batch_size=config.linear.global_batch_size, seed=config.seed, head=head)
+    if checkpoints.is_chief(strategy):
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(head=head),
+                                             os.path.join(workdir, "linear"), max_to_keep=1)
+        manager.save(checkpoint_number=config.linear.epochs)
+    return {"top1": probe["top1"], "top5": probe["top5"], "linear_train_top1": probe["train_top1"]}
+
+
+def evaluate_model(config, workdir, strategy, model, *, num_classes, num_train_examples,
+                   train_classifier):
+    """Top-1/top-5 on config.data.eval_split after the last stage (stage two for supcon/simclr).
+
+    train_classifier is train.train_stage_two (passed in: train.py imports this module),
+    called as (config, workdir, strategy, model, num_classes=, num_train_examples=) for
+    the "augmented" protocol; it returns the trained classifier.
+    """
+    if config.method == "ce":
+        logits, labels = split_outputs(
+            config, strategy,
+            lambda x: model.classifier(model.head_input(model.encoder(x, training=False))),
+            config.data.eval_split)
+        return {**topk(labels, logits), "num_eval_examples": len(labels)}
+
+    def eval_fn(images):
+        outputs = model(images, training=False)
+        return {"features": model.head_input(outputs["embedding"]), "logits": outputs["logits"]}
+
+    eval_outputs, eval_labels = split_outputs(config, strategy, eval_fn, config.data.eval_split)
+    results = {"num_eval_examples": len(eval_labels), "linear_protocol": config.linear.protocol}
+    if config.train.epochs:  # a frozen-encoder transfer trains no online classifier
+        results["online_top1"] = topk_accuracy(eval_labels, eval_outputs["logits"], 1)
+    if config.linear.protocol == "cached":
+        results.update(cached_probe(config, workdir, strategy, model, eval_outputs["features"],
+                                    eval_labels, num_classes=num_classes))
+        return results
+    head = train_classifier(config, workdir, strategy, model, num_classes=num_classes,
+                            num_train_examples=num_train_examples)
+    results.update(topk(eval_labels, head(eval_outputs["features"]).numpy()))
+    return results
