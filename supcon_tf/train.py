@@ -105,6 +105,53 @@ def top1_hits(labels, logits):
                             tf.cast(labels, tf.int32)), tf.float32)
 
 
+# ---------------------------------------------------------------- the replica step
+
+
+def _static_batch(batch, batch_size):
+    """Multi-worker input arrives without a static batch size; reshapes and XLA need one.
+
+    Returns {"images" [B * V, ...] (sample-major: row b * V + v is view v of sample b),
+    "labels" [B], "num_views" V}.
+    """
+    views = tf.ensure_shape(batch["views"], [batch_size] + batch["views"].shape[1:].as_list())
+    labels = tf.ensure_shape(batch["label"], [batch_size])
+    num_views = views.shape[1]
+    images = tf.reshape(views, [batch_size * num_views] + views.shape[2:].as_list())
+    return {"images": images, "labels": labels, "num_views": num_views}
+
+
+def make_step(objective, model, variables, optimizer, num_replicas, *, batch_size,
+              before=None, after=None):
+    """The per-replica step of every stage: objective under a tape, one optimizer update.
+
+    objective(model, batch) -> (loss to minimize, metrics dict); batch is _static_batch's
+    dict, extended by before(batch) (which runs ahead of the tape, e.g. the queue's keys);
+    after(batch) runs once the update is applied. The returned metrics gain "finite".
+    """
+    def replica_step(batch):
+        batch = _static_batch(batch, batch_size)
+        if before is not None:
+            batch = before(batch)
+        with tf.GradientTape() as tape:
+            loss_to_minimize, metrics = objective(model, batch)
+            # The optimizer sums the replicas' gradients: dividing makes it a global mean.
+            scaled_loss = loss_to_minimize / num_replicas
+        grads = tape.gradient(scaled_loss, variables)
+        finite = tf.logical_and(tf.math.is_finite(loss_to_minimize),
+                                tf.math.is_finite(tf.linalg.global_norm(grads)))
+        optimizer.apply_gradients(zip(grads, variables))
+        if after is not None:
+            after(batch)
+        return {**metrics, "finite": tf.cast(finite, tf.float32)}
+
+    return replica_step
+
+
+def accuracy(labels, logits):
+    return tf.reduce_mean(top1_hits(labels, logits))
+
+
 # ---------------------------------------------------------------- stage one
 
 
@@ -145,13 +192,81 @@ def build_stage_one(config, strategy, *, num_classes, num_train_examples):
     return model, optimizer, checkpoint, per_epoch
 
 
-def _static_batch(batch, batch_size):
-    """Multi-worker input arrives without a static batch size; reshapes and XLA need one."""
-    views = tf.ensure_shape(batch["views"], [batch_size] + batch["views"].shape[1:].as_list())
-    labels = tf.ensure_shape(batch["label"], [batch_size])
-    num_views = views.shape[1]
-    images = tf.reshape(views, [batch_size * num_views] + views.shape[2:].as_list())
-    return images, labels, num_views
+def cross_entropy_objective(loss_config):
+    """ce: cross-entropy through the encoder and the model's classifier."""
+    which = loss_config.cross_entropy_views
+
+    def objective(model, batch):
+        num_views = batch["num_views"]
+        labels = select_views(tf.repeat(batch["labels"], num_views), num_views, which)
+        embedding = tf.cast(model.encoder(batch["images"], training=True), tf.float32)
+        logits = tf.cast(model.classifier(model.head_input(embedding)), tf.float32)
+        logits = select_views(logits, num_views, which)
+        loss = cross_entropy(labels, logits, loss_config.label_smoothing)
+        return loss, {"loss": loss, "classifier_loss": loss, "top1": accuracy(labels, logits)}
+
+    return objective
+
+
+# The momentum queue's contrasts, as queue_hooks adds them to the batch.
+QUEUE_KEYS = ("queue_features", "queue_labels")
+
+
+def contrastive_objective(loss_config, *, supervised):
+    """supcon (supervised) or simclr: the contrastive loss plus the classifier's cross-entropy.
+
+    The queue's contrasts, when batch holds them, enter the loss. Joint training (the
+    official stage-one cross_entropy_weight): the classifier reads head_input(r) without
+    stop_gradient and weight * its cross-entropy trains the encoder too; at 0 it stays
+    the stop-gradient monitor of ContrastiveModel.
+    """
+    which, ce_weight = loss_config.cross_entropy_views, loss_config.cross_entropy_weight
+
+    def objective(model, batch):
+        labels, num_views = batch["labels"], batch["num_views"]
+        ce_labels = select_views(tf.repeat(labels, num_views), num_views, which)
+        outputs = model(batch["images"], training=True)
+        logits = outputs["logits"]
+        if ce_weight:
+            logits = tf.cast(model.classifier(model.head_input(outputs["embedding"])),
+                             tf.float32)
+        logits = select_views(logits, num_views, which)
+        projections = tf.reshape(outputs["projection"], [labels.shape[0], num_views, -1])
+        loss = supcon_loss(
+            projections, labels if supervised else None,
+            temperature=loss_config.temperature, base_temperature=loss_config.base_temperature,
+            contrast_mode=loss_config.contrast_mode, variant=loss_config.variant,
+            block_size=loss_config.block_size, denominator_mode=loss_config.denominator_mode,
+            positives_cap=loss_config.positives_cap,
+            **{key: batch[key] for key in QUEUE_KEYS if key in batch})
+        if ce_weight:
+            classifier_loss = cross_entropy(ce_labels, logits, loss_config.label_smoothing)
+            loss_to_minimize = loss + ce_weight * classifier_loss
+        else:
+            classifier_loss = cross_entropy(ce_labels, logits)
+            loss_to_minimize = loss + classifier_loss
+        return loss_to_minimize, {"loss": loss, "classifier_loss": classifier_loss,
+                                  "top1": accuracy(ce_labels, logits)}
+
+    return objective
+
+
+def queue_hooks(momentum, batch_size, *, in_loss, with_labels):
+    """make_step's before/after for a momentum_lib.MomentumQueue: before the tape, move
+    the key encoder towards the model and compute the keys of the views (and read the
+    queue, when in_loss); after the update, enqueue the keys of every replica."""
+    def before(batch):
+        momentum.update_key_encoder()
+        batch = {**batch, "keys": momentum.keys(batch["images"], batch_size)}
+        if in_loss:
+            batch["queue_features"] = momentum.features.read_value()
+            batch["queue_labels"] = momentum.labels.read_value() if with_labels else None
+        return batch
+
+    def after(batch):
+        momentum.enqueue(batch["keys"], batch["labels"])
+
+    return {"before": before, "after": after}
 
 
 def make_replica_step(config, model, optimizer, num_replicas, *, momentum=None,
@@ -166,69 +281,15 @@ def make_replica_step(config, model, optimizer, num_replicas, *, momentum=None,
     method = config.method
     if method not in METHODS:
         raise ValueError(f"method={method!r}; use one of {METHODS}")
-    variables = trained_variables(model, method)
-    loss_config = config.loss
     batch_size = config.train.global_batch_size // num_replicas
-    # Joint training (the official stage-one cross_entropy_weight): the classifier reads
-    # head_input(r) without stop_gradient and weight * its cross-entropy trains the encoder
-    # too. At 0 it stays the stop-gradient monitor of ContrastiveModel.
-    ce_weight = loss_config.cross_entropy_weight
-
-    def replica_step(batch):
-        images, labels, num_views = _static_batch(batch, batch_size)
-        # Sample-major, like the views: row b * V + v is view v of sample b.
-        view_labels = tf.repeat(labels, num_views)
-        ce_labels = select_views(view_labels, num_views, loss_config.cross_entropy_views)
-        queue = {}
-        if momentum is not None:
-            momentum.update_key_encoder()
-            keys = momentum.keys(images, batch_size)
-            if queue_in_loss:
-                queue = {"queue_features": momentum.features.read_value(),
-                         "queue_labels": momentum.labels.read_value() if method == "supcon"
-                         else None}
-        with tf.GradientTape() as tape:
-            if method == "ce":
-                embedding = tf.cast(model.encoder(images, training=True), tf.float32)
-                logits = tf.cast(model.classifier(model.head_input(embedding)), tf.float32)
-                logits = select_views(logits, num_views, loss_config.cross_entropy_views)
-                loss = classifier_loss = loss_to_minimize = cross_entropy(
-                    ce_labels, logits, loss_config.label_smoothing)
-            else:
-                outputs = model(images, training=True)
-                logits = outputs["logits"]
-                if ce_weight:
-                    logits = tf.cast(model.classifier(model.head_input(outputs["embedding"])),
-                                     tf.float32)
-                logits = select_views(logits, num_views, loss_config.cross_entropy_views)
-                projections = tf.reshape(outputs["projection"], [batch_size, num_views, -1])
-                loss = supcon_loss(
-                    projections, labels if method == "supcon" else None,
-                    temperature=loss_config.temperature,
-                    base_temperature=loss_config.base_temperature,
-                    contrast_mode=loss_config.contrast_mode, variant=loss_config.variant,
-                    block_size=loss_config.block_size,
-                    denominator_mode=loss_config.denominator_mode,
-                    positives_cap=loss_config.positives_cap, **queue)
-                if ce_weight:
-                    classifier_loss = cross_entropy(ce_labels, logits,
-                                                    loss_config.label_smoothing)
-                    loss_to_minimize = loss + ce_weight * classifier_loss
-                else:
-                    classifier_loss = cross_entropy(ce_labels, logits)
-                    loss_to_minimize = loss + classifier_loss
-            scaled_loss = loss_to_minimize / num_replicas
-        grads = tape.gradient(scaled_loss, variables)
-        finite = tf.logical_and(tf.math.is_finite(loss_to_minimize),
-                                tf.math.is_finite(tf.linalg.global_norm(grads)))
-        optimizer.apply_gradients(zip(grads, variables))
-        if momentum is not None:
-            momentum.enqueue(keys, labels)
-        return {"loss": loss, "classifier_loss": classifier_loss,
-                "top1": tf.reduce_mean(top1_hits(ce_labels, logits)),
-                "finite": tf.cast(finite, tf.float32)}
-
-    return replica_step
+    if method == "ce":
+        objective = cross_entropy_objective(config.loss)
+    else:
+        objective = contrastive_objective(config.loss, supervised=method == "supcon")
+    hooks = {} if momentum is None else queue_hooks(
+        momentum, batch_size, in_loss=queue_in_loss, with_labels=method == "supcon")
+    return make_step(objective, model, trained_variables(model, method), optimizer,
+                     num_replicas, batch_size=batch_size, **hooks)
 
 
 # ---------------------------------------------------------------- stage two
@@ -268,29 +329,30 @@ def build_stage_two(config, strategy, model, *, num_classes, num_train_examples)
     return head, optimizer, checkpoint, per_epoch
 
 
+def linear_objective(head, linear):
+    """Stage two: the classifier on view 1 of the frozen encoder's features.
+
+    The encoder runs under the tape, but stop_gradient (frozen_embedding) and the
+    trained variables (the head's) keep it out of the update.
+    """
+    def objective(model, batch):
+        embedding = frozen_embedding(model.encoder, batch["images"], linear.bn_mode)
+        features = select_views(model.head_input(embedding), batch["num_views"], "first")
+        logits = tf.cast(head(features), tf.float32)
+        loss = cross_entropy(batch["labels"], logits, linear.label_smoothing)
+        return loss, {"loss": loss, "top1": accuracy(batch["labels"], logits)}
+
+    return objective
+
+
 def make_stage_two_step(config, model, head, optimizer, num_replicas):
     """Stage two's per-replica step: frozen encoder, classifier on view 1, update."""
     linear = config.linear
     if linear.bn_mode not in BN_MODES:
         raise ValueError(f"linear.bn_mode={linear.bn_mode!r}; use one of {BN_MODES}")
-    batch_size = linear.global_batch_size // num_replicas
-    variables = head.trainable_variables
-
-    def replica_step(batch):
-        images, labels, num_views = _static_batch(batch, batch_size)
-        features = model.head_input(frozen_embedding(model.encoder, images, linear.bn_mode))
-        with tf.GradientTape() as tape:
-            logits = tf.cast(head(select_views(features, num_views, "first")), tf.float32)
-            loss = cross_entropy(labels, logits, linear.label_smoothing)
-            scaled_loss = loss / num_replicas
-        grads = tape.gradient(scaled_loss, variables)
-        finite = tf.logical_and(tf.math.is_finite(loss),
-                                tf.math.is_finite(tf.linalg.global_norm(grads)))
-        optimizer.apply_gradients(zip(grads, variables))
-        return {"loss": loss, "top1": tf.reduce_mean(top1_hits(labels, logits)),
-                "finite": tf.cast(finite, tf.float32)}
-
-    return replica_step
+    return make_step(linear_objective(head, linear), model, head.trainable_variables,
+                     optimizer, num_replicas,
+                     batch_size=linear.global_batch_size // num_replicas)
 
 
 # ---------------------------------------------------------------- the loop
