@@ -4,7 +4,12 @@
 
 A stage is its step function, the variables it trains, its optimizer, its dataset and
 its checkpoint directory (`Stage`); `run_stage` runs any of them with resume, logging,
-summaries, the non-finite guard and SIGTERM handling.
+summaries, the non-finite guard and SIGTERM handling. Every step is `make_step` over an
+objective, `(model, batch) -> (loss to minimize, metrics)`: `cross_entropy_objective`,
+`contrastive_objective` (SupCon and SimCLR, the queue and the joint weight) and
+`linear_objective` (stage two); the momentum queue's key update and enqueue are hooks
+around it (`queue_hooks`). Checkpoint and workdir I/O live in checkpoints.py,
+evaluation in evaluate.py.
 
 Stage one
 - supcon: SupCon (config.loss) on the L2-normalized projections [B, V, Dp], plus an
