@@ -166,7 +166,7 @@ _INTEGERS = ("seed", "data.image_size", "data.num_views", "data.randaugment_laye
              "data.randaugment_magnitude", "data.shuffle_buffer", "train.global_batch_size",
              "train.steps_per_loop", "train.checkpoint_every_steps", "train.keep_checkpoints",
              "train.log_every_steps", "linear.global_batch_size", "eval.batch_size",
-             "loss.positives_cap", "loss.block_size")
+             "loss.positives_cap", "loss.block_size", "train.min_steps", "linear.min_steps")
 _OPTIM_NUMBERS = ("base_lr", "momentum", "rho", "epsilon", "weight_decay", "warmup_epochs",
                   "warmup_start_lr", "min_lr_ratio", "decay_every_epochs", "decay_rate")
 _NUMBERS = ("data.crop_area_min", "data.color_strength", "data.blur_probability",
@@ -237,6 +237,8 @@ def _check_counts(config):
     for field, smallest, meaning in (
             ("data.shuffle_buffer", 0, "0 or 1 turns shuffling off"),
             ("train.steps_per_loop", 1, "steps run per call of the compiled loop"),
+            ("train.min_steps", 0, "0: the epochs alone set stage one's length"),
+            ("linear.min_steps", 0, "0: the epochs alone set stage two's length"),
             ("train.checkpoint_every_steps", 0, "0 saves only at the end of a stage"),
             ("train.keep_checkpoints", 1, "how many recent checkpoints stay on disk"),
             ("train.log_every_steps", 0, "0 logs only the last step")):

@@ -32,10 +32,10 @@ def dataset_sizes(data_config):
         return published["num_classes"], published[data_config.train_split], "published sizes"
 
 
-def _stage(optim_config, *, epochs, global_batch_size, num_train_examples, variables,
+def _stage(optim_config, *, epochs, min_steps, global_batch_size, num_train_examples, variables,
            batch_norm_variables=(), exempt_variables=()):
     per_epoch = train.steps_per_epoch(num_train_examples, global_batch_size)
-    total_steps = optim.epochs_to_steps(epochs, per_epoch)
+    total_steps = train.stage_steps(epochs, per_epoch, min_steps)
     decayed = optim.decayed_variables(optim_config, variables,
                                       batch_norm_variables=batch_norm_variables,
                                       exempt_variables=exempt_variables)
@@ -80,7 +80,7 @@ def describe(config):
                                    image_size=config.data.image_size)
     method = config.method
     stages = {"stage_one": _stage(
-        config.optim, epochs=config.train.epochs,
+        config.optim, epochs=config.train.epochs, min_steps=config.train.min_steps,
         global_batch_size=config.train.global_batch_size, num_train_examples=num_train,
         variables=train.trained_variables(model, method),
         batch_norm_variables=optim.batch_norm_variables(model),
@@ -93,7 +93,7 @@ def describe(config):
         head = models.linear_head(num_classes, init=config.model.classifier_init)
         head.build((None, model.encoder.output_shape[-1]))
         stages["stage_two"] = _stage(
-            config.linear.optim, epochs=config.linear.epochs,
+            config.linear.optim, epochs=config.linear.epochs, min_steps=config.linear.min_steps,
             global_batch_size=config.linear.global_batch_size, num_train_examples=num_train,
             variables=head.trainable_variables)
         stages["stage_two"].update(

@@ -86,6 +86,13 @@ def steps_per_epoch(num_examples, global_batch_size):
     return num_examples / global_batch_size
 
 
+def stage_steps(epochs, per_epoch, min_steps):
+    """A stage's length: its epochs, or min_steps when that is more, so that a small
+    dataset trains long enough. epochs=0 (a frozen-encoder transfer) stays 0."""
+    steps = optim.epochs_to_steps(epochs, per_epoch)
+    return max(steps, min_steps) if epochs > 0 else steps
+
+
 # ---------------------------------------------------------------- losses
 
 
@@ -186,7 +193,7 @@ def build_stage_one(config, strategy, *, num_classes, num_train_examples):
         optimizer = optim.build_optimizer(
             config.optim, trained_variables(model, config.method),
             global_batch_size=train_config.global_batch_size, steps_per_epoch=per_epoch,
-            total_steps=optim.epochs_to_steps(train_config.epochs, per_epoch),
+            total_steps=stage_steps(train_config.epochs, per_epoch, train_config.min_steps),
             batch_norm_variables=optim.batch_norm_variables(model),
             exempt_variables=decay_exempt_variables(model, config.method))
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
@@ -328,7 +335,7 @@ def build_stage_two(config, strategy, model, *, num_classes, num_train_examples)
         optimizer = optim.build_optimizer(
             linear.optim, head.trainable_variables, global_batch_size=linear.global_batch_size,
             steps_per_epoch=per_epoch,
-            total_steps=optim.epochs_to_steps(linear.epochs, per_epoch),
+            total_steps=stage_steps(linear.epochs, per_epoch, linear.min_steps),
             config_prefix="linear.optim")
         checkpoint = tf.train.Checkpoint(head=head, optimizer=optimizer)
     return head, optimizer, checkpoint, per_epoch
@@ -504,7 +511,7 @@ def train(config, workdir, strategy, *, num_classes, num_train_examples):
         config, strategy, num_classes=num_classes, num_train_examples=num_train_examples)
     momentum = getattr(checkpoint, "momentum", None)
     initialize = init_from.initializer(config, model.encoder)
-    total_steps = optim.epochs_to_steps(config.train.epochs, per_epoch)
+    total_steps = stage_steps(config.train.epochs, per_epoch, config.train.min_steps)
     # (name, last step, whether the loss sees the queue): a queue enters the loss once
     # every slot holds a key, so its empty slots never count as contrasts.
     phases = [("stage one", total_steps, True)]
@@ -544,7 +551,7 @@ def train_stage_two(config, workdir, strategy, model, *, num_classes, num_train_
         data_config=stage_two_data_config(config),
         seed=config.seed + STAGE_TWO_SEED_OFFSET,
         global_batch_size=config.linear.global_batch_size,
-        total_steps=optim.epochs_to_steps(config.linear.epochs, per_epoch),
+        total_steps=stage_steps(config.linear.epochs, per_epoch, config.linear.min_steps),
         steps_per_epoch=per_epoch)
     run_stage(stage, config, workdir, strategy)
     return head

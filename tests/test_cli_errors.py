@@ -128,6 +128,8 @@ FIELD_CASES = [
     case("train.epochs", "1"),
     case("train.steps_per_loop", 0),
     case("train.steps_per_loop", 1.5),
+    case("train.min_steps", -1),
+    case("linear.min_steps", 2.5),
     case("train.checkpoint_every_steps", -1),
     case("train.keep_checkpoints", 0),
     case("train.log_every_steps", -1),

@@ -29,9 +29,9 @@ SCHEMA = {
              "positives_cap", "block_size", "label_smoothing", "cross_entropy_views"],
     "optim": OPTIM_FIELDS,
     "train": ["global_batch_size", "epochs", "steps_per_loop", "checkpoint_every_steps",
-              "keep_checkpoints", "log_every_steps", "jit_compile", "mixed_precision"],
-    "linear": ["protocol", "bn_mode", "data", "epochs", "global_batch_size", "label_smoothing",
-               "optim"],
+              "keep_checkpoints", "log_every_steps", "jit_compile", "mixed_precision", "min_steps"],
+    "linear": ["protocol", "bn_mode", "data", "epochs", "min_steps", "global_batch_size",
+               "label_smoothing", "optim"],
     "linear.optim": OPTIM_FIELDS,
     "eval": ["batch_size"],
 }

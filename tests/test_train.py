@@ -213,6 +213,17 @@ def test_run_writes_config_and_results(tmp_path):
     assert written["num_classes"] == NUM_CLASSES and written["method"] == "ce"
 
 
+def test_min_steps_lengthens_a_short_stage_and_its_schedule(tmp_path):
+    config = tiny_config("ce")  # one epoch: 1437 // batch steps
+    epoch_steps = 1437 // config.train.global_batch_size
+    config.train.min_steps = epoch_steps + 3
+    results = train.run(config, str(tmp_path), tf.distribute.get_strategy(), mode="train_then_eval")
+    assert results["steps"] == epoch_steps + 3
+    config.train.min_steps = epoch_steps - 1  # below the epochs' length: no effect
+    assert train.stage_steps(config.train.epochs, 1437 / config.train.global_batch_size,
+                             config.train.min_steps) == epoch_steps
+
+
 @pytest.mark.parametrize("setting, expected", [
     pytest.param(True, True, marks=pytest.mark.host_xla),
     pytest.param("True", True, marks=pytest.mark.host_xla), ("false", False), (False, False)])
