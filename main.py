@@ -5,6 +5,7 @@ r"""Trains and evaluates Supervised Contrastive Learning from a config file.
   python main.py --config=configs/digits.py:tiny --config.seed=1 --mode=train
   python main.py --config=configs/imagenet_r50.py --mode=describe   # the recipe as JSON
   python main.py --config=configs/digits.py --mode=selfcheck        # is the strategy right?
+  python main.py --config=configs/digits.py --workdir=W --mode=continuous_eval  # the evaluator job
 
 --workdir defaults to ./runs/<config file name>[_<arg>]. The same command resumes
 from the latest checkpoint there. Exit status 143 means SIGTERM arrived and a
@@ -33,7 +34,7 @@ from supcon_tf import cli, constants  # noqa: E402
 cli.quiet_tensorflow_startup()  # before TensorFlow loads; see supcon_tf/cli.py
 
 # constants imports no TensorFlow, so the flags parse before TensorFlow loads.
-MODES = constants.MODES + ("describe", "selfcheck")
+MODES = constants.MODES + ("describe", "selfcheck", "continuous_eval")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/digits.py or configs/digits.py:tiny; "
@@ -49,7 +50,17 @@ _MODE = flags.DEFINE_enum(
     "train: stage one only; eval: stage two on the latest checkpoint; describe: print the "
     "effective recipe as one JSON line, without data or training; selfcheck: a few steps of "
     "each stage on synthetic data, checked against the host CPU, with throughput (a table, "
-    "then one JSON line; exit status 1 if a check fails).")
+    "then one JSON line; exit status 1 if a check fails); continuous_eval: evaluate each new "
+    "stage-one checkpoint in the workdir as a trainer writes it (docs/continuous_eval.md).")
+_EVAL_WITH = flags.DEFINE_list(
+    "eval_with", ["online", "knn"], "continuous_eval: online (the model's own classifier), "
+    "knn (on the encoder's embedding, the train split as memory bank), or both.")
+_EVAL_TIMEOUT_S = flags.DEFINE_float(
+    "eval_timeout_s", 3600.0, "continuous_eval: stop when no new checkpoint has appeared for "
+    "this many seconds.", lower_bound=0.0)
+_EVAL_POLL_S = flags.DEFINE_float(
+    "eval_poll_s", 30.0, "continuous_eval: seconds between looks at the checkpoint directory.",
+    lower_bound=0.0)
 flags.mark_flag_as_required("config")
 
 
@@ -78,9 +89,7 @@ def main(argv):
             cli.fail(error, 2)
     # Imported after the flags parse, so a bad flag fails before TensorFlow loads.
     startup_log = cli.import_tensorflow_quietly()
-    import tensorflow as tf
-
-    from supcon_tf import config_validation, data, describe, train
+    from supcon_tf import config_validation, describe, train
 
     if _MODE.value == "describe":
         try:
@@ -99,16 +108,14 @@ def main(argv):
     except strategy_lib.StrategyError as error:
         cli.fail(error, 2)
     try:
-        config_validation.validate(_CONFIG.value, num_replicas=strategy.num_replicas_in_sync,
-                                   workdir=workdir)
-    except config_validation.ConfigError as error:
         # selfcheck reads no data: a dataset not prepared yet is no reason to stop it.
-        if not (_MODE.value == "selfcheck"
-                and isinstance(error.__cause__, data.DatasetNotPreparedError)):
-            cli.fail(error, 2)
-        logging.warning("dataset %r not prepared: selfcheck runs on synthetic data, with its "
-                        "published split sizes", _CONFIG.value.data.name)
-        tf.io.gfile.makedirs(workdir)
+        config_validation.validate(_CONFIG.value, num_replicas=strategy.num_replicas_in_sync,
+                                   workdir=workdir, check_dataset=_MODE.value != "selfcheck")
+    except config_validation.ConfigError as error:
+        cli.fail(error, 2)
+    if _MODE.value == "continuous_eval":
+        run_continuous_eval(workdir, strategy, startup_log)
+        return
     cli.save_startup_log(workdir, startup_log)
     if _MODE.value == "selfcheck":
         run_selfcheck(workdir, strategy)
@@ -133,6 +140,26 @@ def run_selfcheck(workdir, strategy):
     selfcheck.print_report(report)
     if not report["passed"]:
         sys.exit(1)
+
+
+def run_continuous_eval(workdir, strategy, startup_log):
+    """--mode=continuous_eval: its files go to <workdir>/eval, the trainer's stay its own."""
+    import tensorflow as tf
+
+    from supcon_tf import continuous_eval
+
+    try:
+        continuous_eval.check_eval_with(_EVAL_WITH.value)
+    except ValueError as error:
+        cli.fail(error, 2)
+    eval_dir = os.path.join(workdir, continuous_eval.EVAL_SUBDIR)
+    tf.io.gfile.makedirs(eval_dir)
+    cli.save_startup_log(eval_dir, startup_log)
+    try:
+        continuous_eval.run(_CONFIG.value, workdir, strategy, eval_with=_EVAL_WITH.value,
+                            timeout_s=_EVAL_TIMEOUT_S.value, poll_s=_EVAL_POLL_S.value)
+    except ValueError as error:  # a config with no stage one to watch
+        cli.fail(error, 2)
 
 
 if __name__ == "__main__":
