@@ -16,7 +16,8 @@ config.data.name="image_folder" reads config.data.data_dir in TFDS's ImageFolder
 layout, DIR/<split>/<class>/<image> (JPEG, PNG, GIF or BMP, any size, mixed);
 class names are the folder names, sorted, and must be the same in every split.
 Any other name is a TFDS builder; its Image and ClassLabel features are found
-from its features dict.
+from its features dict. "fashion_mnist" not prepared in data_dir is read from its
+IDX files instead (idx.py: config.data.data_dir or Debian's dataset-fashion-mnist).
 """
 
 import contextlib
@@ -28,10 +29,11 @@ import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
 from supcon_tf.data import digits  # noqa: F401  (registers the embedded 'digits' builder with TFDS)
+from supcon_tf.data import idx
 
 IMAGE_FOLDER = "image_folder"
 # The datasets the shipped configs are written for; any TFDS image-classification name works.
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012")
+DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
 # What tf.io.decode_image reads; other files in a class folder are ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
@@ -55,9 +57,12 @@ def check_name(name):
 
 
 def source(data_config):
-    """The Source of config.data: an ImageFolder for "image_folder", a TfdsSource otherwise."""
+    """The Source of config.data: an ImageFolder for "image_folder", Fashion-MNIST's IDX
+    files for "fashion_mnist" when TFDS has not prepared it, a TfdsSource otherwise."""
     if data_config.name == IMAGE_FOLDER:
         return ImageFolder(data_config)
+    if data_config.name == idx.NAME and not _tfds_prepared(data_config):
+        return idx.FashionMnistIdx(data_config)
     return TfdsSource(data_config)
 
 
@@ -109,6 +114,11 @@ def _quiet_tfds():
         yield
     finally:
         absl_logging.set_verbosity(verbosity)
+
+
+def _tfds_prepared(data_config):
+    with _quiet_tfds():
+        return tfds.builder(data_config.name, data_dir=_data_dir(data_config)).is_prepared()
 
 
 class TfdsSource:
