@@ -37,6 +37,7 @@ def get_config(arg=None):
     config.method = "supcon"
     # Start from other weights: a workdir, a checkpoint or an export (supcon_tf/init_from.py).
     config.init_from = config_dict.placeholder(str)
+    config.init_from_required = False  # True: configs that only transfer (configs/transfer.py)
 
     # --- data: torchvision's RandomResizedCrop(32, (0.2, 1)), flip, ColorJitter, grayscale
     config.data = ml_collections.ConfigDict()

@@ -30,6 +30,7 @@ def get_config(arg=None):
     config.method = "supcon"
     # Start from other weights: a workdir, a checkpoint or an export (supcon_tf/init_from.py).
     config.init_from = ml_collections.config_dict.placeholder(str)
+    config.init_from_required = False  # True: configs that only transfer (configs/transfer.py)
 
     # --- data: native 8x8 digits; no flips (a flipped 2 is not a 2)
     config.data = ml_collections.ConfigDict()

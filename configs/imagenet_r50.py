@@ -39,6 +39,7 @@ def get_config(arg=None):
     config.method = "supcon"
     # Start from other weights: a workdir, a checkpoint or an export (supcon_tf/init_from.py).
     config.init_from = config_dict.placeholder(str)
+    config.init_from_required = False  # True: configs that only transfer (configs/transfer.py)
 
     # --- data (records read per host; see `tfds build imagenet2012 --manual_dir=...`)
     config.data = ml_collections.ConfigDict()

@@ -3,6 +3,7 @@ from the newest checkpoint that reads back."""
 
 import json
 import os
+import uuid
 
 import tensorflow as tf
 from absl import logging
@@ -16,6 +17,20 @@ def write_atomically(path, text):
     with tf.io.gfile.GFile(tmp_path, "w") as f:
         f.write(text)
     tf.io.gfile.rename(tmp_path, path, overwrite=True)
+
+
+def check_writable(workdir):
+    """Creates workdir if needed and writes and removes a probe file there; raises ValueError
+    with the fix when that fails, before any work starts."""
+    probe = tf.io.gfile.join(workdir, f".write_probe_{uuid.uuid4().hex}")
+    try:
+        tf.io.gfile.makedirs(workdir)
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("ok")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as err:
+        raise ValueError(f"--workdir={workdir} is not writable ({err}); pass a directory where "
+                         "files can be created") from err
 
 
 def save_config(config, workdir):

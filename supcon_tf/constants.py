@@ -1,6 +1,6 @@
-"""Names shared by train.py, config validation and main.py. It imports nothing of the
-project and no TensorFlow: main.py parses its flags before TensorFlow loads, and
-validating a config does not load the training code."""
+"""Names shared by train.py, the config checks and main.py, and the one-line check of a
+name. It imports nothing of the project and no TensorFlow: main.py parses its flags
+before TensorFlow loads."""
 
 import ml_collections
 
@@ -13,8 +13,20 @@ CROSS_ENTROPY_VIEWS = ("first", "all")
 STAGE_TWO_SEED_OFFSET = 10_000
 
 
+def stage_two_runs(config):
+    """Whether a linear classifier trains after stage one: ce reports its own classifier."""
+    return config.method != "ce"
+
+
 def stage_two_data_config(config):
     """config.data with the fields of config.linear.data overridden."""
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.update(config.linear.data.to_dict())
     return data_config
+
+
+def check_choice(field, value, valid):
+    """Raises ValueError naming config.<field> unless `value` is one of `valid`."""
+    if value not in valid:
+        raise ValueError(
+            f"config.{field}={value!r} is unknown; set it to one of: {', '.join(valid)}")

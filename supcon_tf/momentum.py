@@ -5,6 +5,7 @@
     keys = momentum.keys(images, batch_size)   # [B, V, Dp], no gradient
     loss = supcon_loss(z, labels, queue_features=momentum.features, ...)
     momentum.enqueue(keys, labels)             # every replica's keys, in global order
+    check_config(config)                       # the queue's fields, before any work
 
 Built inside strategy.scope() and checkpointed with the model (tf.train.Checkpoint
 tracks the key model and the queue variables). The loss sees the queue only as
@@ -46,6 +47,42 @@ EMPTY_LABEL = -1
 def steps_to_fill(queue_size, keys_per_step):
     """Training steps after which a queue of queue_size slots holds no empty slot."""
     return math.ceil(queue_size / keys_per_step)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_config(config):
+    """Raises ValueError naming loss.queue_size, model.momentum or loss.cross_entropy_weight
+    when the queue cannot work with the rest of the config."""
+    loss_config = config.loss
+    queue_size, momentum = loss_config.queue_size, config.model.momentum
+    if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 0:
+        raise ValueError(f"config.loss.queue_size={queue_size!r} must be an integer >= 0 "
+                         "(0: no momentum queue)")
+    weight = loss_config.cross_entropy_weight
+    if not _is_number(weight) or not weight >= 0:
+        raise ValueError(f"config.loss.cross_entropy_weight={weight!r} must be a number >= 0 "
+                         "(0: the classifier only monitors)")
+    if config.method == "ce" and (queue_size or weight):
+        raise ValueError(
+            "config.loss.queue_size and config.loss.cross_entropy_weight apply to supcon and "
+            "simclr; method='ce' trains on cross-entropy alone, so set both to 0")
+    if not queue_size:
+        return
+    if not _is_number(momentum) or not 0 <= momentum < 1:
+        raise ValueError(f"config.model.momentum={momentum!r} must be in [0, 1): the key "
+                         "encoder's EMA rate (e.g. 0.999)")
+    keys_per_step = config.train.global_batch_size * config.data.num_views
+    if queue_size < keys_per_step:
+        raise ValueError(
+            f"config.loss.queue_size={queue_size} is smaller than the {keys_per_step} keys "
+            "one step enqueues (train.global_batch_size x data.num_views); set it to at least "
+            f"{keys_per_step}, or 0 for no queue")
+    if loss_config.positives_cap is not None:
+        raise ValueError("config.loss.positives_cap does not combine with a queue; set "
+                         "config.loss.positives_cap=None or config.loss.queue_size=0")
 
 
 def _queue_variable(initial_value, name):

@@ -48,6 +48,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from supcon_tf import constants
+
 OPTIMIZERS = ("lars", "sgd", "nesterov", "rmsprop", "adamw")
 SCHEDULES = ("cosine", "cosine_epoch", "exponential", "piecewise")
 WEIGHT_DECAY_FORMS = ("l2", "decoupled")
@@ -86,19 +88,15 @@ def epochs_to_steps(epochs, steps_per_epoch):
 
 
 def check_optim_config(optim_config, *, prefix="optim"):
-    """Raises ValueError naming the field (`{prefix}.field=value`) and the fix."""
+    """Raises ValueError naming the field (`config.{prefix}.field=value`) and the fix."""
     def fail(field, value, fix):
-        raise ValueError(f"{prefix}.{field}={value!r}: {fix}")
+        raise ValueError(f"config.{prefix}.{field}={value!r}: {fix}")
 
-    name = optim_config.name
-    if name not in OPTIMIZERS:
-        fail("name", name, f"use one of {OPTIMIZERS}")
-    schedule = optim_config.schedule
-    if schedule not in SCHEDULES:
-        fail("schedule", schedule, f"use one of {SCHEDULES}")
+    name, schedule = optim_config.name, optim_config.schedule
     form = _field(optim_config, "weight_decay_form")
-    if form not in WEIGHT_DECAY_FORMS:
-        fail("weight_decay_form", form, f"use one of {WEIGHT_DECAY_FORMS}")
+    constants.check_choice(f"{prefix}.name", name, OPTIMIZERS)
+    constants.check_choice(f"{prefix}.schedule", schedule, SCHEDULES)
+    constants.check_choice(f"{prefix}.weight_decay_form", form, WEIGHT_DECAY_FORMS)
     if name == "lars" and form != "l2":
         fail("weight_decay_form", form, "LARS adds wd * w to the gradient before its trust "
              "ratio; set it to 'l2'")

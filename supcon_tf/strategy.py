@@ -20,7 +20,7 @@ import threading
 
 from absl import logging
 
-# On one CPU XLA can help or hurt: a ResNet-50 step at 224 ran slower with it (DESIGN.md),
+# On a CPU XLA can help or hurt (it does not speed up every large convolution step),
 # while the small digits encoder's step ran 1.24x faster on idle cores
 # (benchmarks/step_bench.py). So "auto" leaves XLA off on a CPU, and configs that
 # measured a gain, like configs/digits.py, set train.jit_compile=True.

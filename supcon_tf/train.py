@@ -31,6 +31,9 @@ Stage two (supcon and simclr; ce reports its own classifier), config.linear:
   runs once without augmentation and the classifier trains on cached embeddings.
 Either way the last epoch is scored on config.data.eval_split; nothing is selected on it.
 
+check_config(config, num_replicas=...) checks the fields the stages own: the method,
+batches, lengths, loop counts, precision and the cross-entropy options.
+
 Each replica divides its loss by the replica count and the optimizer sums gradients
 across replicas, so the loss is the mean over the global batch (see losses.py).
 Weight decay lives in the optimizer (optim.build_optimizer). The step is each stage's
@@ -57,8 +60,9 @@ from tensorflow.core.framework import summary_pb2
 from supcon_tf import checkpoints, data, evaluate, init_from, models, optim
 from supcon_tf import momentum as momentum_lib
 from supcon_tf import strategy as strategy_lib
-from supcon_tf.constants import (BN_MODES, METHODS, MODES, STAGE_TWO_SEED_OFFSET,
-                                 stage_two_data_config)
+from supcon_tf.constants import (BN_MODES, CROSS_ENTROPY_VIEWS, LINEAR_PROTOCOLS, METHODS,
+                                 MODES, STAGE_TWO_SEED_OFFSET, check_choice,
+                                 stage_two_data_config, stage_two_runs)
 from supcon_tf.losses import supcon_loss
 
 STAGE_ONE_METRICS = ("loss", "classifier_loss", "top1", "finite")
@@ -72,6 +76,97 @@ SCALAR_METADATA = summary_pb2.SummaryMetadata(
 
 class Preempted(Exception):
     """SIGTERM arrived; a checkpoint of the last finished step was saved."""
+
+
+# ---------------------------------------------------------------- config checks
+
+
+def check_config(config, *, num_replicas):
+    """Raises ValueError naming the first field of the stages' own that cannot work."""
+    check_choice("method", config.method, METHODS)
+    check_choice("linear.protocol", config.linear.protocol, LINEAR_PROTOCOLS)
+    check_choice("linear.bn_mode", config.linear.bn_mode, BN_MODES)
+    check_choice("loss.cross_entropy_views", config.loss.cross_entropy_views,
+                 CROSS_ENTROPY_VIEWS)
+    for field in ("loss.label_smoothing", "linear.label_smoothing"):
+        section, name = field.split(".")
+        if not 0 <= config[section][name] < 1:
+            raise ValueError(f"config.{field}={config[section][name]} must be in [0, 1)")
+    # eval.batch_size too: evaluation splits it over the replicas after training ends.
+    for field, batch in (("train.global_batch_size", config.train.global_batch_size),
+                         ("linear.global_batch_size", config.linear.global_batch_size),
+                         ("eval.batch_size", config.eval.batch_size)):
+        if batch <= 0 or batch % num_replicas:
+            nearest = max(num_replicas, round(batch / num_replicas) * num_replicas)
+            raise ValueError(
+                f"config.{field}={batch} does not divide evenly over {num_replicas} "
+                f"replicas; set it to a multiple of {num_replicas} (e.g. {nearest})")
+    _check_lengths(config)
+    _check_loop_counts(config)
+    _check_precision(config.train)
+
+
+def _check_lengths(config):
+    fields = [("train.epochs", config.train.epochs)]
+    if config.train.epochs == 0 and config.get("init_from"):
+        _check_frozen_transfer(config)
+        fields = []
+    if stage_two_runs(config):
+        fields.append(("linear.epochs", config.linear.epochs))
+    for field, epochs in fields:
+        if not epochs > 0:
+            raise ValueError(f"config.{field}={epochs!r} must be > 0; it counts passes over "
+                             "the training split")
+
+
+def _check_frozen_transfer(config):
+    """train.epochs=0 with init_from: no stage one, a classifier on the loaded encoder."""
+    if not stage_two_runs(config):
+        raise ValueError(f"config.train.epochs=0 with method={config.method!r} trains nothing; "
+                         "set train.epochs > 0 to fine-tune, or method='supcon' for a linear "
+                         "classifier on the frozen encoder")
+    try:  # stage one's optimizer is built (and checkpointed) even when it never steps
+        optim.build_schedule(config.optim, global_batch_size=config.train.global_batch_size,
+                             steps_per_epoch=1.0, total_steps=0)
+    except ValueError as err:
+        raise ValueError(f"config.train.epochs=0: optim.schedule={config.optim.schedule!r} "
+                         "needs steps; set config.optim.schedule='piecewise' (as "
+                         "configs/transfer.py:linear does)") from err
+
+
+def _check_loop_counts(config):
+    """Integer fields that nothing else bounds, with the smallest value each accepts."""
+    largest_seed = 2**32 - 1 - STAGE_TWO_SEED_OFFSET  # NumPy seeds are uint32
+    if not 0 <= config.seed <= largest_seed:
+        raise ValueError(f"config.seed={config.seed} must be in [0, {largest_seed}]")
+    for section, field, smallest, meaning in (
+            ("train", "steps_per_loop", 1, "steps run per call of the compiled loop"),
+            ("train", "min_steps", 0, "0: the epochs alone set stage one's length"),
+            ("linear", "min_steps", 0, "0: the epochs alone set stage two's length"),
+            ("train", "checkpoint_every_steps", 0, "0 saves only at the end of a stage"),
+            ("train", "keep_checkpoints", 1, "how many recent checkpoints stay on disk"),
+            ("train", "log_every_steps", 0, "0 logs only the last step")):
+        value = config[section][field]
+        if value < smallest:
+            raise ValueError(f"config.{section}.{field}={value} must be >= {smallest} "
+                             f"({meaning})")
+
+
+def _check_precision(train_config):
+    jit = train_config.jit_compile
+    # An override --config.train.jit_compile=true arrives as a string: the field holds "auto".
+    if not (isinstance(jit, bool) or jit == "auto"
+            or (isinstance(jit, str) and jit.lower() in ("true", "false"))):
+        raise ValueError(f"config.train.jit_compile={jit!r} must be True, False or 'auto' "
+                         "(XLA on a TPU or a GPU, not on a CPU)")
+    policy = train_config.mixed_precision
+    if policy is not None:
+        try:
+            keras.mixed_precision.Policy(policy)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"config.train.mixed_precision={policy!r} is not a Keras dtype policy; use None "
+                "(float32), 'mixed_bfloat16' (TPU) or 'mixed_float16' (GPU)") from err
 
 
 # ---------------------------------------------------------------- stage sizes

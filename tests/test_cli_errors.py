@@ -149,6 +149,7 @@ FIELD_CASES = [
     case("eval.batch_size", "64"),
     # --- fields added after this table was written: add their rows here.
     case("init_from", A_FILE),
+    case("init_from_required", "yes"),
     case("loss.queue_size", -1),
     case("loss.cross_entropy_weight", -1.0),
     case("model.momentum", 1.0, loss__queue_size=1024),
@@ -340,8 +341,8 @@ def test_entry_point_exits_with_one_error_line(entry_point_runs, name):
     assert not others, output[-3000:]
 
 
-def test_main_modes_are_train_modes_describe_and_selfcheck(monkeypatch):
+def test_main_modes_are_train_modes_describe_selfcheck_and_continuous_eval(monkeypatch):
     main = import_main(monkeypatch)
     from supcon_tf import constants
 
-    assert main.MODES == constants.MODES + ("describe", "selfcheck")
+    assert main.MODES == constants.MODES + ("describe", "selfcheck", "continuous_eval")

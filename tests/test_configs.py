@@ -9,32 +9,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from supcon_tf import constants, data, models, optim, train
+from supcon_tf import config_validation, constants, data, models, optim, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
-OPTIM_FIELDS = ["name", "base_lr", "momentum", "rho", "epsilon", "weight_decay",
-                "weight_decay_form", "decay_batch_norm", "warmup_epochs", "warmup_start_lr",
-                "schedule", "min_lr_ratio", "decay_epochs", "decay_every_epochs",
-                "decay_rate"]
-SCHEMA = {
-    "": ["seed", "method"],
-    "data": ["name", "data_dir", "train_split", "eval_split", "image_size", "num_views", "augment",
-             "crop_area_min", "color_strength", "color_jitter_style", "hflip", "blur",
-             "blur_probability", "randaugment_layers", "randaugment_magnitude", "shuffle_buffer"],
-    "model": ["name", "width_multiplier", "cifar_stem", "sync_bn", "zero_init_last_bn",
-              "conv_init", "input_mean", "input_std", "normalize_embedding", "projection_dims",
-              "projection_bn", "projection_output_bias", "head_init", "classifier_init"],
-    "loss": ["temperature", "base_temperature", "variant", "contrast_mode", "denominator_mode",
-             "positives_cap", "block_size", "label_smoothing", "cross_entropy_views"],
-    "optim": OPTIM_FIELDS,
-    "train": ["global_batch_size", "epochs", "steps_per_loop", "checkpoint_every_steps",
-              "keep_checkpoints", "log_every_steps", "jit_compile", "mixed_precision", "min_steps"],
-    "linear": ["protocol", "bn_mode", "data", "epochs", "min_steps", "global_batch_size",
-               "label_smoothing", "optim"],
-    "linear.optim": OPTIM_FIELDS,
-    "eval": ["batch_size"],
-}
 # Fields whose default is None in some config: typed placeholders, so main.py can set them.
 NONE_DEFAULT_OVERRIDES = {
     "data.data_dir": ("gs://bucket/tensorflow_datasets", "gs://bucket/tensorflow_datasets"),
@@ -75,9 +53,13 @@ def test_config_follows_schema_and_documents_itself(path):
     for heading in ("Paper row", "Command:", "Expected", "ardware"):
         assert heading in doc, f"{name} docstring lacks {heading!r}"
     assert f"python main.py --config=configs/{name}" in doc
-    for dotted, keys in SCHEMA.items():
-        missing = [k for k in keys if k not in section(config, dotted)]
-        assert not missing, f"{name}: config.{dotted} lacks {missing}"
+    # config_validation.FIELD_TYPES, the one table of fields, against the config's leaves.
+    fields = dict(config_validation.leaves(config))
+    missing = set(config_validation.FIELD_TYPES) - set(fields)
+    assert not missing, f"{name} lacks config.{', config.'.join(sorted(missing))}"
+    untyped = [field for field in fields if config_validation.field_kind(field) is None]
+    assert not untyped, f"{name}: add config.{', config.'.join(untyped)} to FIELD_TYPES"
+    config_validation.check_types(config)
     assert config.method in constants.METHODS
     assert config.data.name in data.DATASETS
     assert config.model.name in models.ENCODER_NAMES

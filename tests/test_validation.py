@@ -188,6 +188,17 @@ def test_dataset_not_prepared(tmp_path):
     assert "tfds build cifar10" in message  # says how to prepare it
 
 
+def test_selfcheck_validation_skips_only_the_dataset(tmp_path):
+    config = tiny_config()
+    config.data.name, config.data.data_dir = "cifar10", str(tmp_path / "empty_data_dir")
+    config_validation.validate(config, num_replicas=1, workdir=str(tmp_path / "workdir"),
+                               check_dataset=False)
+    config.train.global_batch_size = 30  # the config's own fields are still checked
+    with pytest.raises(ConfigError, match="config.train.global_batch_size=30"):
+        config_validation.validate(config, num_replicas=8, workdir=str(tmp_path / "workdir"),
+                                   check_dataset=False)
+
+
 def test_workdir_not_writable(tmp_path):
     workdir = unwritable_workdir(tmp_path)
     message = error_for(tiny_config(), workdir=workdir)

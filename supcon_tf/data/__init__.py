@@ -2,9 +2,10 @@
 per-host sharding.
 
 Public API: dataset_info, build_train_dataset, build_eval_dataset;
-check_dataset_name and AUGMENTATIONS check the config names.
+check_config and check_dataset check a config's data fields (data/checks.py).
 """
 
+from supcon_tf.data.checks import check_config, check_dataset
 from supcon_tf.data.datasets import (
     CORRUPT_DATASET_MESSAGE,
     CorruptDatasetError,

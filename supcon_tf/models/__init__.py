@@ -5,8 +5,10 @@
     linear_head(num_classes, init=...)  stage-two classifier; feed it model.head_input(r)
     build_model(config.model, *, num_classes, image_size)
     describe_model(model)               architecture summary dict
+    check_config(config.model, image_size=...)  raises ValueError naming the bad field
 """
 
+from supcon_tf import constants
 from supcon_tf.models.contrastive import ContrastiveModel, describe_model
 from supcon_tf.models.heads import CLASSIFIER_INITS, HEAD_INITS, linear_head, projection_head
 from supcon_tf.models.resnet import (
@@ -15,6 +17,7 @@ from supcon_tf.models.resnet import (
     DEFAULT_INPUT_STD,
     RESNET_DEPTHS,
     build_resnet,
+    min_image_size,
 )
 from supcon_tf.models.vit import VIT_CONFIGS, build_vit
 
@@ -59,7 +62,7 @@ def encoder(name, *, image_size, cifar_stem=False, width_multiplier=1.0, sync_bn
 
 
 def build_model(model_config, *, num_classes, image_size):
-    """ContrastiveModel from a config.model slice (fields as in plan/SCHEMA.md)."""
+    """ContrastiveModel from a config.model slice (check_config has accepted it)."""
     return ContrastiveModel(
         encoder(
             model_config.name,
@@ -84,6 +87,60 @@ def build_model(model_config, *, num_classes, image_size):
     )
 
 
+def check_config(model_config, *, image_size):
+    """Raises ValueError naming the config.model field (or config.data.image_size) that
+    cannot build an encoder, with the fix."""
+    name = model_config.name
+    constants.check_choice("model.name", name, ENCODER_NAMES)
+    constants.check_choice("model.conv_init", model_config.conv_init, CONV_INITS)
+    constants.check_choice("model.head_init", model_config.head_init, HEAD_INITS)
+    constants.check_choice("model.classifier_init", model_config.classifier_init,
+                           CLASSIFIER_INITS)
+    _check_widths(model_config)
+    for field in ("input_mean", "input_std"):
+        value = tuple(model_config[field])
+        if len(value) != 3:
+            raise ValueError(f"config.model.{field}={value} must have 3 values, one per "
+                             "RGB channel, in [0, 1] pixel units")
+    if min(model_config.input_std) <= 0:
+        raise ValueError(f"config.model.input_std={tuple(model_config.input_std)} must be > 0")
+    _check_image_size(model_config, image_size)
+
+
+def _check_widths(model_config):
+    width, name = model_config.width_multiplier, model_config.name
+    if not width > 0:
+        raise ValueError(f"config.model.width_multiplier={width} must be > 0 (1.0: the "
+                         "published widths)")
+    dims = tuple(model_config.projection_dims)
+    if not dims or any(d != int(d) or d < 1 for d in dims):
+        raise ValueError(f"config.model.projection_dims={dims} must list the head's widths "
+                         "(hidden..., output), each an integer >= 1, e.g. (2048, 128)")
+    if name in VIT_CONFIGS:
+        if model_config.cifar_stem:
+            raise ValueError(f"config.model.cifar_stem=True applies to ResNets only, not "
+                             f"{name}; set it to False")
+        if width != 1.0:
+            raise ValueError(f"config.model.width_multiplier={width} must be 1.0 for {name} "
+                             "(ViTs have fixed widths)")
+
+
+def _check_image_size(model_config, size):
+    name = model_config.name
+    if name in VIT_CONFIGS:
+        smallest = VIT_CONFIGS[name].patch_size
+    else:
+        smallest = min_image_size(model_config.cifar_stem)
+    if size < smallest:
+        raise ValueError(
+            f"config.data.image_size={size} is too small for config.model.name={name!r} "
+            f"(cifar_stem={model_config.cifar_stem}); set it to at least {smallest}")
+    if name in VIT_CONFIGS and size % smallest:
+        raise ValueError(
+            f"config.data.image_size={size} is not a multiple of {name}'s patch size "
+            f"{smallest}; set it to e.g. {size // smallest * smallest}")
+
+
 __all__ = [
     "CLASSIFIER_INITS",
     "CONV_INITS",
@@ -91,6 +148,7 @@ __all__ = [
     "HEAD_INITS",
     "ContrastiveModel",
     "build_model",
+    "check_config",
     "describe_model",
     "encoder",
     "linear_head",
