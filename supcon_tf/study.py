@@ -583,7 +583,8 @@ def draw(study, pairs, path):
             _draw_lines(axes, study, pairs, panel)
         axes.grid(alpha=0.3)
     title = study.plot.get("title") or study.name
-    figure.suptitle(f"{title} (seeds {','.join(map(str, study.seeds))})", fontsize=11)
+    seeds = ",".join(map(str, study.seeds))
+    figure.suptitle(f"{title} (seed{'s' if len(study.seeds) > 1 else ''} {seeds})", fontsize=11)
     figure.tight_layout()
     tmp_path = f"{path}.tmp-{os.getpid()}.png"
     figure.savefig(tmp_path, format="png")
@@ -598,7 +599,8 @@ def _draw_boxes(axes, study, pairs, panel):
                if row.method == m and (panel == "grid" or row.axis == panel)] for m in methods]
     shown = [i for i, g in enumerate(groups) if g]
     if shown:
-        axes.boxplot([groups[i] for i in shown], positions=shown, widths=0.5)
+        axes.boxplot([groups[i] for i in shown], positions=shown, widths=0.5,
+                     showfliers=False)
         for i in shown:  # every run as a dot: with a few seeds the box alone hides them
             axes.plot([i] * len(groups[i]), groups[i], "o", color=f"C{i}", alpha=0.6,
                       markersize=4)

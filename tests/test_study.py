@@ -192,6 +192,28 @@ def test_the_box_figure_has_a_panel_per_axis(tmp_path):
     assert width > 1.5 * height  # two panels side by side
 
 
+def test_a_grid_runs_every_combination_and_draws_a_line_per_other_value(tmp_path):
+    study = study_lib.load_study(write_study(tmp_path, """
+        def get_study():
+            return {"methods": {"supcon": "configs/digits_small_batch.py"}, "grid": True,
+                    "axes": [{"name": "momentum", "values": [{"model.momentum": 0.5},
+                                                             {"model.momentum": 0.9}]},
+                             {"name": "queue", "values": [{"loss.queue_size": 256},
+                                                          {"loss.queue_size": 512},
+                                                          {"loss.queue_size": 1024}]}],
+                    "seeds": [3], "plot": {"kind": "line", "x": "queue"}}
+    """))
+    rows = study_lib.study_rows(study, str(tmp_path))
+    assert len(rows) == len(study_lib.unique_points(rows)) == 6
+    assert {(r.axis, r.value) for r in rows} == {
+        ("momentum*queue", f"{m},{q}") for m in ("0.5", "0.9") for q in ("256", "512", "1024")}
+    # The config's own values (momentum 0.9, 1024 keys) are the base: no override.
+    assert [r.point.name for r in rows].count("supcon-base-s3") == 1
+    pairs = [(row, {"top1": 0.5}) for row in rows]
+    path = study_lib.draw(study, pairs, str(tmp_path / "grid.png"))
+    assert read(path).startswith(PNG_MAGIC)
+
+
 def test_a_workdir_made_by_another_command_is_refused(tmp_path):
     rows, points = tiny_points(str(tmp_path))
     os.makedirs(points[0].workdir)
