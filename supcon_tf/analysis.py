@@ -5,9 +5,9 @@ One command runs them all on an export directory written by export_hub.py:
     python -m supcon_tf.analysis --export_dir=E --output_dir=O \
         [--config=configs/digits.py] [--data_dir=DIR] [--k=200] [--plot_method=pca|tsne]
 
-The dataset, image size and linear-probe settings come from --config if given,
-else from the training config saved in E/export_info.json (so `--config` is
-only needed to evaluate on another split or with another probe recipe).
+The dataset and image size come from --config if given, else from the training
+config saved in E/export_info.json (so `--config` is only needed to evaluate on
+another dataset or split).
 --data_dir overrides config.data.data_dir. It embeds the train and eval splits
 with E/encoder (inference mode, no augmentation) and writes
 
@@ -20,7 +20,9 @@ and prints the summary as one JSON line.
 
 kNN follows the contrastive-learning papers (Wu et al. 2018; SimCLR, MoCo):
 cosine similarity, the k nearest training embeddings vote for their class with
-weight exp(similarity / 0.07), k = 200 (clipped to the training-set size).
+weight exp(similarity / 0.07), k = 200 (clipped to the training-set size). The
+linear probe is evaluate.linear_probe: a logistic regression fitted by L-BFGS, its
+L2 penalty chosen by cross-validation on the train split (probe.py).
 """
 
 import json
@@ -206,7 +208,7 @@ def run_analysis(export_dir, output_dir, *, config=None, data_dir=None, k=KNN_K,
                  plot_method="pca"):
     """Runs kNN, the linear probe, the projector export and the plot; returns the summary.
 
-    config is a ConfigDict with data, linear and eval slices (e.g. configs/digits.py);
+    config is a ConfigDict with data and eval slices (e.g. configs/digits.py);
     by default the training config stored in export_dir/export_info.json.
     """
     info = export.read_export_info(export_dir)
@@ -232,11 +234,8 @@ def run_analysis(export_dir, output_dir, *, config=None, data_dir=None, k=KNN_K,
 
     knn = knn_accuracy(train_emb, train_labels, eval_emb, eval_labels,
                        num_classes=num_classes, k=k)
-    probe = evaluate.linear_probe(
-        train_emb, train_labels, eval_emb, eval_labels, num_classes=num_classes,
-        optim_config=config.linear.optim, epochs=config.linear.epochs,
-        batch_size=config.linear.global_batch_size, seed=config.get("seed", 0),
-    )
+    probe = evaluate.linear_probe(train_emb, train_labels, eval_emb, eval_labels,
+                                  num_classes=num_classes, seed=config.get("seed", 0))
     tf.io.gfile.makedirs(output_dir)
     projector_dir = posixpath.join(output_dir, "projector")
     projector_rows = write_projector(projector_dir, eval_emb, eval_labels)
@@ -274,7 +273,7 @@ def _main():
         "output_dir", None, "Where to write summary.json, projector/ and the plot."
     )
     config = config_flags.DEFINE_config_file(
-        "config", None, "Config with data, linear and eval slices; default: the export's own."
+        "config", None, "Config with data and eval slices; default: the export's own."
     )
     data_dir = flags.DEFINE_string("data_dir", None, "Overrides config.data.data_dir.")
     k = flags.DEFINE_integer("k", KNN_K, "Neighbours for the kNN classifier.", lower_bound=1)

@@ -4,19 +4,19 @@ and a trained model's results (evaluate_model).
 The paper rows' stage two trains its classifier through the frozen encoder on
 augmented views (train.py, config.linear.protocol="augmented"). linear_probe is the
 "cached" protocol and the analysis tools' probe: the encoder runs once, in inference
-mode and without augmentation, and a classifier trains on those fixed embeddings
-with its own optimizer and schedule. For a frozen encoder without augmentation that
-is the same optimization, only cheaper; it is not the official protocol. The final
-epoch is reported: nothing is selected on the eval split.
+mode and without augmentation, and a logistic regression is fitted to convergence on
+those fixed embeddings by L-BFGS, its L2 penalty chosen by cross-validation on the
+training split (probe.py), as linear probes are fitted in the transfer literature.
+config.linear's optimizer, epochs and batch size belong to the "augmented" protocol
+and play no part here. Nothing is selected on the eval split.
 """
 
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from supcon_tf import checkpoints, data, models, optim
+from supcon_tf import checkpoints, data, models, probe
 
 
 def topk_accuracy(labels, logits, k, mask=None):
@@ -74,48 +74,34 @@ def extract_embeddings(embed_fn, eval_dataset, *, strategy=None):
     return outputs, np.concatenate(labels).astype(np.int64)
 
 
-def linear_probe(train_emb, train_labels, test_emb, test_labels, *, num_classes, optim_config,
-                 epochs, batch_size, seed=0, head=None):
-    """Trains a linear classifier on fixed embeddings and scores it on the test ones.
+def linear_probe(train_emb, train_labels, test_emb, test_labels, *, num_classes, seed=0,
+                 head=None):
+    """Fits probe.fit_probe on the train embeddings alone and scores it on the test ones.
 
-    optim_config is a config.linear.optim slice (its lr scales with the batch size).
-    Pass `head` (a models.linear_head) to keep the trained classifier, e.g. to checkpoint it.
-    Returns {"top1", "top5", "train_top1"} of the final epoch.
+    The seed shuffles the cross-validation folds. Pass `head` (a models.linear_head) to
+    receive the fitted weights, e.g. to checkpoint it. Returns {"top1", "top5",
+    "train_top1", "l2", "cv_top1", "iterations", "converged"}: l2 is the chosen penalty,
+    cv_top1 its mean held-out top-1 on the training split.
     """
-    train_emb = np.asarray(train_emb, np.float32)
-    test_emb = np.asarray(test_emb, np.float32)
-    num_train = len(train_emb)
-    batch_size = min(int(batch_size), num_train)
-    steps_per_epoch = num_train // batch_size
-    total_steps = int(epochs) * steps_per_epoch
-    if total_steps < 1:
-        raise ValueError(f"linear.epochs={epochs} gives no training steps")
-    head = head if head is not None else models.linear_head(num_classes)
-    head.build((None, train_emb.shape[-1]))
-    optimizer = optim.build_optimizer(optim_config, head.trainable_variables,
-                                      global_batch_size=batch_size,
-                                      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    dataset = (tf.data.Dataset.from_tensor_slices((train_emb, np.asarray(train_labels, np.int32)))
-               .shuffle(num_train, seed=seed, reshuffle_each_iteration=True)
-               .batch(batch_size, drop_remainder=True)
-               .repeat(int(epochs)))
-
-    @tf.function
-    def train(dataset):
-        for embeddings, labels in dataset:
-            with tf.GradientTape() as tape:
-                logits = head(embeddings)
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                    labels, logits, from_logits=True))
-            grads = tape.gradient(loss, head.trainable_variables)
-            optimizer.apply_gradients(zip(grads, head.trainable_variables))
-
-    train(dataset)
-    test_logits = head(test_emb).numpy()
-    train_logits = head(train_emb).numpy()
+    train_emb = np.asarray(train_emb, np.float64)
+    test_emb = np.asarray(test_emb, np.float64)
+    if train_emb.ndim != 2 or test_emb.ndim != 2 or test_emb.shape[1] != train_emb.shape[1]:
+        raise ValueError(f"linear_probe needs train and test embeddings [N, D] of the same D; "
+                         f"got shapes {train_emb.shape} and {test_emb.shape}")
+    if np.shape(test_labels) != (len(test_emb),):
+        raise ValueError(f"linear_probe needs {len(test_emb)} test labels; got shape "
+                         f"{np.shape(test_labels)}")
+    fitted = probe.fit_probe(train_emb, train_labels, num_classes=num_classes, seed=seed)
+    if head is not None:
+        head.build((None, train_emb.shape[1]))
+        head.kernel.assign(fitted.weights.astype(np.float32))
+        head.bias.assign(fitted.bias.astype(np.float32))
+    test_logits = fitted.logits(test_emb)
     return {"top1": topk_accuracy(test_labels, test_logits, 1),
             "top5": topk_accuracy(test_labels, test_logits, 5),
-            "train_top1": topk_accuracy(train_labels, train_logits, 1)}
+            "train_top1": topk_accuracy(train_labels, fitted.logits(train_emb), 1),
+            "l2": fitted.penalty, "cv_top1": max(fitted.cv_top1),
+            "iterations": fitted.iterations, "converged": fitted.converged}
 
 
 # ---------------------------------------------------------------- a trained model
@@ -135,23 +121,28 @@ def topk(labels, logits):
     return {"top1": topk_accuracy(labels, logits, 1), "top5": topk_accuracy(labels, logits, 5)}
 
 
-def cached_probe(config, workdir, strategy, model, eval_features, eval_labels, *, num_classes):
-    """The "cached" protocol: a classifier on un-augmented embeddings computed once."""
+def cached_probe(config, workdir, strategy, model, eval_features, eval_labels, *, num_classes,
+                 num_train_examples):
+    """The "cached" protocol: a classifier fitted on un-augmented embeddings computed once;
+    its head is checkpointed in workdir/linear (export_hub.py's classifier)."""
+    probe.check_size(num_train_examples, np.shape(eval_features)[1])  # before embedding
+
     def features_fn(images):
         return model.head_input(tf.cast(model.encoder(images, training=False), tf.float32))
 
     train_features, train_labels = split_outputs(config, strategy, features_fn,
                                                  config.data.train_split)
     head = models.linear_head(num_classes, init=config.model.classifier_init)
-    probe = linear_probe(
-        train_features, train_labels, eval_features, eval_labels, num_classes=num_classes,
-        optim_config=config.linear.optim, epochs=config.linear.epochs,
-        batch_size=config.linear.global_batch_size, seed=config.seed, head=head)
+    fitted = linear_probe(train_features, train_labels, eval_features, eval_labels,
+                          num_classes=num_classes, seed=config.seed, head=head)
     if checkpoints.is_chief(strategy):
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(head=head),
                                              os.path.join(workdir, "linear"), max_to_keep=1)
-        manager.save(checkpoint_number=config.linear.epochs)
-    return {"top1": probe["top1"], "top5": probe["top5"], "linear_train_top1": probe["train_top1"]}
+        manager.save(checkpoint_number=0)  # a probe has no steps; a re-evaluation refits
+    return {"top1": fitted["top1"], "top5": fitted["top5"],
+            "linear_train_top1": fitted["train_top1"],
+            **{f"linear_{key}": fitted[key] for key in ("l2", "cv_top1", "iterations",
+                                                        "converged")}}
 
 
 def evaluate_model(config, workdir, strategy, model, *, num_classes, num_train_examples,
@@ -179,7 +170,8 @@ def evaluate_model(config, workdir, strategy, model, *, num_classes, num_train_e
         results["online_top1"] = topk_accuracy(eval_labels, eval_outputs["logits"], 1)
     if config.linear.protocol == "cached":
         results.update(cached_probe(config, workdir, strategy, model, eval_outputs["features"],
-                                    eval_labels, num_classes=num_classes))
+                                    eval_labels, num_classes=num_classes,
+                                    num_train_examples=num_train_examples))
         return results
     head = train_classifier(config, workdir, strategy, model, num_classes=num_classes,
                             num_train_examples=num_train_examples)
