@@ -24,10 +24,13 @@ import json
 import posixpath
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
+from absl import logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from supcon_tf import export, models
+from supcon_tf.data import sources
 
 KINDS = ("workdir", "checkpoint", "export")
 CONFIG_FILE = "config.json"
@@ -36,6 +39,10 @@ OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # source without them cannot be rebuilt (other fields keep the run's own values).
 ARCHITECTURE_FIELDS = ("name", "width_multiplier", "cifar_stem", "input_mean", "input_std",
                        "normalize_embedding")
+# Datasets of grey images, which the pipeline replicates to 3 channels.
+GRAYSCALE_DATASETS = ("digits", "fashion_mnist")
+# How many of an image folder's training files the start-up log line reads.
+SAMPLED_FILES = 8
 USAGE = ("a main.py workdir (config.json, checkpoints/), a checkpoint prefix "
          "(W/checkpoints/ckpt-N) or an export_hub.py export (E or E/encoder)")
 
@@ -132,13 +139,15 @@ def with_architecture(config):
     if not config.get("init_from"):
         return config
     resolved = ml_collections.ConfigDict(config.to_dict())
-    adopt_architecture(resolved)
+    _adopt(resolved, locate(config.init_from))
     return resolved
 
 
 def adopt_architecture(config):
     """Sets config.model (field by field) and config.data.image_size to those of the source
-    config.init_from names, in place; does nothing when init_from is unset.
+    config.init_from names, in place, and logs how this run's images are converted to
+    what the encoder was trained on (conversion_summary); does nothing when init_from is
+    unset.
 
     The image size is the source's too: the encoder learned at that scale (a ViT's
     position embeddings even fix it); images of any size are resized to it.
@@ -146,11 +155,50 @@ def adopt_architecture(config):
     if not config.get("init_from"):
         return
     source = locate(config.init_from)
+    _adopt(config, source)
+    logging.info("%s", conversion_summary(config.data, source))
+
+
+def _adopt(config, source):
     merged = config.model.to_dict()
     merged.update(source.config.model.to_dict())
     with config.unlocked():
         config.model = ml_collections.ConfigDict(merged)
         config.data.image_size = int(source.config.data.image_size)
+
+
+def conversion_summary(data_config, source):
+    """One line: the images the source encoder was trained on, what the pipeline makes of
+    this run's images (views.decode_image, augment.resize) and, for an image folder, the
+    sizes and channels of a few of its training files as stored."""
+    trained = source.config.data
+    size = int(trained.image_size)
+    channels = ("grey, replicated to 3 channels" if trained.name in GRAYSCALE_DATASETS
+                else "3 channels")
+    line = (f"init_from: the encoder was trained on {trained.name} images of {size}x{size} "
+            f"({channels}); this run decodes every image to 3 channels (a grey one "
+            f"replicated, an alpha channel dropped) and resizes it to {size}x{size}, bilinear "
+            "(the whole image for evaluation and the cached probe, random crops for training)")
+    if data_config.name == sources.IMAGE_FOLDER:
+        line += "; " + _folder_sample(data_config, size)
+    return line
+
+
+def _folder_sample(data_config, size):
+    """The sizes and channel counts of up to SAMPLED_FILES training files, spread over
+    the classes (the file list is sorted by class)."""
+    paths, _ = sources.source(data_config).files(data_config.train_split)
+    picked = np.unique(np.linspace(0, len(paths) - 1, min(SAMPLED_FILES, len(paths))).astype(int))
+    shapes = [tuple(tf.io.decode_image(tf.io.read_file(paths[i]), expand_animations=False).shape)
+              for i in picked]
+    sizes = sorted({f"{h}x{w}" for h, w, _ in shapes})
+    counts = {c: sum(shape[2] == c for shape in shapes) for c in sorted({s[2] for s in shapes})}
+    names = {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}
+    resized = ("kept at that size" if sizes == [f"{size}x{size}"] else
+               f"so resized to {size}x{size}")
+    return (f"{data_config.data_dir}/{data_config.train_split}: {len(picked)} of "
+            f"{len(paths)} files read, {' and '.join(sizes)} ({resized}), "
+            + ", ".join(f"{n} {names.get(c, f'{c}-channel')}" for c, n in counts.items()))
 
 
 def initializer(config, encoder):

@@ -7,6 +7,7 @@ transfer then checks numbers against the source's own weights, read independentl
 """
 
 import json
+import logging
 import os
 import shutil
 
@@ -83,6 +84,7 @@ def test_linear_transfer_keeps_the_source_encoder_and_reports_its_probe(source, 
                                                                          "encoder")
     results = run_transfer("tiny_linear", init_path, tmp_path)
     assert results["steps"] == 0 and results["init_from"] == init_path
+    assert results["linear_converged"] and results["linear_l2"] > 0
     assert "online_top1" not in results  # no stage one, so no online classifier
     with open(tmp_path / "results.json") as f:
         assert json.load(f)["top1"] == results["top1"]
@@ -111,7 +113,7 @@ def test_linear_stage_two_leaves_the_encoder_frozen(source, tmp_path):
     encoder in training mode: the loaded weights and moving averages stay the source's."""
     config = transfer_config("tiny_linear", source["export"])
     config.linear.protocol, config.linear.bn_mode = "augmented", "batch_stats"
-    config.linear.epochs = 1
+    config.linear.epochs, config.linear.global_batch_size = 1, 64
     init_from.adopt_architecture(config)
     strategy = tf.distribute.get_strategy()
     sizes = {"num_classes": 10, "num_train_examples": 1437}
@@ -158,6 +160,29 @@ def test_finetune_starts_from_the_source_trains_the_encoder_and_resumes_its_own(
     np.testing.assert_allclose(reloaded(images).numpy(),
                                final.encoder(images, training=False).numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_the_conversion_to_the_sources_images_is_logged_once(source, tmp_path, caplog):
+    """A folder of 12x12 grey PNGs and RGB JPEGs; the source was trained on 8x8 grey digits."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            class_dir = tmp_path / "folder" / split / label
+            class_dir.mkdir(parents=True)
+            grey = rng.integers(0, 256, (12, 12, 1), dtype=np.uint8)
+            colour = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            tf.io.write_file(str(class_dir / "0.png"), tf.io.encode_png(grey))
+            tf.io.write_file(str(class_dir / "1.jpg"), tf.io.encode_jpeg(colour))
+    config = transfer_config("tiny_linear", source["export"])
+    config.data.name, config.data.data_dir = "image_folder", str(tmp_path / "folder")
+    caplog.set_level(logging.INFO, logger="absl")
+    init_from.with_architecture(config)  # config_validation's copy: silent
+    init_from.adopt_architecture(config)  # the run's: one line
+    lines = [r.getMessage() for r in caplog.records if "init_from:" in r.getMessage()]
+    assert len(lines) == 1 and config.data.image_size == 8
+    assert "trained on digits images of 8x8 (grey, replicated to 3 channels)" in lines[0]
+    assert "resizes it to 8x8" in lines[0]
+    assert "4 of 4 files read, 12x12 (so resized to 8x8), 2 grey, 2 RGB" in lines[0]
 
 
 @pytest.mark.parametrize("path_kind", ["checkpoint", "export"])
