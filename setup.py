@@ -37,6 +37,9 @@ COMMON = [
     "scikit-learn",
     # The embedding plot of `python -m supcon_tf.analysis`, a README command.
     "matplotlib",
+    # The common corruptions of `python -m supcon_tf.robustness` (import name imagecorruptions;
+    # the original imagecorruptions 1.1.2 breaks on current scikit-image).
+    "imagecorruptions-imaug>=1.1.5",
 ]
 TEST = [
     "pytest",
