@@ -154,8 +154,9 @@ def run(config, workdir, strategy, *, eval_with=EVALUATIONS, timeout_s=3600.0, p
         if not pending:
             if waiting_since is None:
                 waiting_since = time.time()
-                logging.info("continuous eval: waiting for a checkpoint after step %d in %s "
-                             "(final step %d; stops after %.0f s without one)", seen,
+                logging.info("continuous eval: waiting for a checkpoint %s in %s (final "
+                             "step %d; stops after %.0f s without one)",
+                             f"after step {seen}" if seen >= 0 else "to appear",
                              checkpoint_dir, final_step, timeout_s)
             elif time.time() - waiting_since >= timeout_s:
                 logging.warning("continuous eval: no new checkpoint in %s for %.0f s "
