@@ -165,9 +165,11 @@ def load_study(path):
         raise StudyError(f"{path} failed to load: {type(error).__name__}: {error}") from None
     if not callable(namespace.get("get_study")):
         raise StudyError(f"{path} has no get_study(); define one that returns the study dict")
-    spec = namespace["get_study"]()
-    if hasattr(spec, "to_dict"):
-        spec = spec.to_dict()
+    try:
+        spec = _plain(namespace["get_study"]())
+    except Exception as error:
+        raise StudyError(f"{path}: get_study() raised {type(error).__name__}: "
+                         f"{error}") from None
     if not isinstance(spec, dict):
         raise StudyError(f"{path}: get_study() returned {type(spec).__name__}; return a dict "
                          "with keys methods, axes, seeds and plot")
@@ -192,6 +194,17 @@ def load_study(path):
         base.update((field, _flag_text(value)) for field, value in overrides)
         methods[method] = Method(config, overrides, {f: base[f] for f in axis_fields})
     return Study(str(name), methods, axes, tuple(seeds), grid, plot)
+
+
+def _plain(value):
+    """value with every ConfigDict in it, at any depth (lists too), a dict."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value
 
 
 def _check_keys(spec, required, optional, where):

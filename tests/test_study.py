@@ -2,6 +2,7 @@
 shared points, the figure, and one-line errors for bad study files."""
 
 import csv
+import dataclasses
 import json
 import os
 import shlex
@@ -181,6 +182,14 @@ def test_the_base_value_of_two_axes_is_one_point(tmp_path):
     assert rmsprop.point.overrides == (("optim.name", "rmsprop"), ("optim.base_lr", 0.01))
 
 
+def test_a_configdict_study_is_the_same_study(tmp_path):
+    as_dict = study_lib.load_study(write_study(tmp_path, STABILITY_LIKE, "stability.py"))
+    as_config = study_lib.load_study(write_study(tmp_path, STABILITY_LIKE.replace(
+        "return {", "import ml_collections\n        return ml_collections.ConfigDict({", 1
+    ).rstrip() + ")\n", "stability_configdict.py"))
+    assert dataclasses.replace(as_config, name="stability") == as_dict
+
+
 def test_the_box_figure_has_a_panel_per_axis(tmp_path):
     study = study_lib.load_study(write_study(tmp_path, STABILITY_LIKE))
     rows = study_lib.study_rows(study, str(tmp_path))
@@ -249,6 +258,7 @@ BAD_STUDIES = [
     (study_text(seeds="[]"), "seeds=[] must be a non-empty list of ints"),
     ("x = 1\n", "has no get_study()"),
     ("def get_study():\n    return [1]\n", "returned list"),
+    ("def get_study():\n    return 1 / 0\n", "get_study() raised ZeroDivisionError"),
 ]
 
 
