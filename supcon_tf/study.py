@@ -665,8 +665,12 @@ def main(argv):
     except StudyError as error:
         cli.fail(error, 2)
     if _LIST.value:
-        for point in unique_points(rows):
-            print(point.command())
+        try:
+            for point in unique_points(rows):
+                print(point.command())
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--list | head`: the reader took what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     try:
         status = run_study(study, rows, _ROOT.value)
