@@ -329,14 +329,17 @@ def evaluate_robustness(model_path, *, baseline_path=None, severities=corruption
     if corrupted is not None and corrupted not in CORRUPTED_SPLITS:
         raise ValueError(f"--corrupted={corrupted!r} is unknown; use one of "
                          f"{', '.join(CORRUPTED_SPLITS)} (or leave it out to corrupt on the fly)")
-    names = corruptions.COMMON + (corruptions.HELD_OUT if held_out else ())
-    if corrupted is not None and held_out:
-        names = corruptions.ALL  # TFDS's corrupted datasets hold the held-out ones as well
     model = load_classifier(model_path)
     if data_dir is not None:
         with model.config.unlocked():
             model.config.data.data_dir = data_dir
     data_config = model.config.data
+    alexnet = baseline_path is None and "imagenet2012" in (
+        data_config.name, corrupted and corrupted.split("_")[0])
+    names = corruptions.COMMON + (corruptions.HELD_OUT if held_out and not alexnet else ())
+    if held_out and alexnet:
+        logging.warning("AlexNet's published errors cover the 15 common corruptions only: "
+                        "--held_out is ignored without --baseline")
     args = dict(corrupted=corrupted, max_examples=max_examples, seed=seed,
                 severities=severities, corruptions=names)
     settings = _settings(model, args)
@@ -349,12 +352,11 @@ def evaluate_robustness(model_path, *, baseline_path=None, severities=corruption
         baseline_results = _stored_errors(baseline_path, settings)
         if baseline_results is not None:
             baseline = None  # nothing left to score
-    elif "imagenet2012" in (data_config.name, corrupted and corrupted.split("_")[0]):
+    elif alexnet:  # published errors for the common corruptions only
         baseline_name = ALEXNET
         index = [s - 1 for s in severities]
         baseline_results = (ALEXNET_CLEAN_ERROR,
-                            {c: [ALEXNET_ERRORS[c][i] for i in index] for c in corruptions.COMMON})
-        names = tuple(c for c in names if c in ALEXNET_ERRORS)
+                            {c: [ALEXNET_ERRORS[c][i] for i in index] for c in names})
     else:
         logging.info("no --baseline: errors only; mCE needs a baseline (e.g. the cross-entropy run)")
     scored = [model] + ([baseline] if baseline is not None else [])
