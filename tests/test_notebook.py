@@ -1,8 +1,11 @@
 """notebooks/supcon_digits.ipynb stands alone: it installs from one source setting, trains,
 exports, fine-tunes through hub.KerasLayer and plots, top to bottom under nbclient."""
 
+import importlib.metadata
 import os
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -31,6 +34,35 @@ def test_notebook_is_colab_ready_and_stored_without_outputs():
     source = "".join(cell.source for cell in code_cells)
     for step in ("main.py", "export_hub.py", "hub.KerasLayer", ".fit(", "savefig"):
         assert step in source, step
+
+
+def test_install_cell_clones_a_url_and_installs_from_the_clone(tmp_path, monkeypatch):
+    """A git URL is cloned (a file:// URL of this checkout stands in for GitHub) and pip
+    is asked for an editable install of the clone; pip itself is not run."""
+    install = nbformat.read(NOTEBOOK, as_version=4).cells[1].source
+    real_popen = subprocess.Popen
+    pip_commands = []
+
+    def popen(command, **kwargs):
+        command = list(command)
+        if command[1:3] == ["-m", "pip"]:
+            pip_commands.append(command[3:])
+            command = [sys.executable, "-c", "pass"]
+        return real_popen(command, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setenv("SUPCON_TF_SOURCE", f"file://{REPO}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    namespace = {}
+    exec(compile(install, "install_cell", "exec"), namespace)
+
+    clone = str(tmp_path / "supcon_tf_source")
+    assert namespace["PROJECT_DIR"] == clone and os.path.isfile(os.path.join(clone, "main.py"))
+    major, minor = importlib.metadata.version("tensorflow").split(".")[:2]
+    assert pip_commands == [["install", "-q", "-e", clone],
+                            ["install", "-q", f"tf-keras~={major}.{minor}.0"]]
+    assert sys.path[0] == clone
 
 
 @pytest.mark.slow
