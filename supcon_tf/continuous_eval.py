@@ -79,7 +79,7 @@ def read_results(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def evaluate_model(config, strategy, model, eval_with, *, num_classes):
+def score_model(config, strategy, model, eval_with, *, num_classes):
     """The metrics of eval_with (see the module docstring) for the model as it is now."""
     def eval_fn(images):
         outputs = model(images, training=False)
@@ -114,14 +114,9 @@ def write_summaries(writer, step, record):
     writer.flush()
 
 
-def run(config, workdir, strategy, *, eval_with=EVALUATIONS, timeout_s=3600.0, poll_s=30.0):
-    """Evaluates workdir's stage-one checkpoints as they appear; returns every record of
-    results.jsonl (earlier runs' included) when it stops."""
-    check_eval_with(eval_with)
-    if not config.train.epochs:
-        raise ValueError("config.train.epochs=0 trains no stage one, so no checkpoint comes "
-                         "to evaluate; use --mode=eval for a frozen-encoder transfer")
-    # The model as train.run builds it: same policy, classes and architecture.
+def build_stage_one(config, strategy):
+    """The stage-one model and checkpoint as train.run builds them (same precision policy,
+    classes and architecture); returns (model, checkpoint, num_classes, final step)."""
     if config.train.mixed_precision:
         keras.mixed_precision.set_global_policy(config.train.mixed_precision)
     info = data.dataset_info(config.data)
@@ -133,7 +128,17 @@ def run(config, workdir, strategy, *, eval_with=EVALUATIONS, timeout_s=3600.0, p
         config, strategy, num_classes=info.num_classes,
         num_train_examples=info.num_train_examples)
     final_step = train.stage_steps(config.train.epochs, per_epoch, config.train.min_steps)
+    return model, checkpoint, int(info.num_classes), final_step
 
+
+def run(config, workdir, strategy, *, eval_with=EVALUATIONS, timeout_s=3600.0, poll_s=30.0):
+    """Evaluates workdir's stage-one checkpoints as they appear; returns every record of
+    results.jsonl (earlier runs' included) when it stops."""
+    check_eval_with(eval_with)
+    if not config.train.epochs:
+        raise ValueError("config.train.epochs=0 trains no stage one, so no checkpoint comes "
+                         "to evaluate; use --mode=eval for a frozen-encoder transfer")
+    model, checkpoint, num_classes, final_step = build_stage_one(config, strategy)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     eval_dir = os.path.join(workdir, EVAL_SUBDIR)
     tf.io.gfile.makedirs(eval_dir)
@@ -144,8 +149,8 @@ def run(config, workdir, strategy, *, eval_with=EVALUATIONS, timeout_s=3600.0, p
     if records:
         logging.info("continuous eval: %d checkpoints already in %s, the last at step %d",
                      len(records), results_path, evaluated)
-    writer = tf.summary.create_file_writer(eval_dir) if checkpoints.is_chief(
-        strategy) else tf.summary.create_noop_writer()
+    chief = checkpoints.is_chief(strategy)
+    writer = tf.summary.create_file_writer(eval_dir) if chief else tf.summary.create_noop_writer()
     behind = False  # set when a checkpoint vanished: the next one is the newest
     waiting_since = None
     while evaluated < final_step:
@@ -185,12 +190,11 @@ def run(config, workdir, strategy, *, eval_with=EVALUATIONS, timeout_s=3600.0, p
         logging.info("continuous eval: evaluating %s (step %d of %d)", path, step, final_step)
         started = time.time()
         record = {"step": step, "checkpoint": os.path.basename(path),
-                  **evaluate_model(config, strategy, model, eval_with,
-                                   num_classes=info.num_classes),
+                  **score_model(config, strategy, model, eval_with, num_classes=num_classes),
                   "eval_s": round(time.time() - started, 1)}
         records.append(record)
         write_summaries(writer, step, record)
-        if checkpoints.is_chief(strategy):
+        if chief:
             checkpoints.write_atomically(
                 results_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         logging.info("continuous eval: step %d: %s", step, "  ".join(

@@ -154,7 +154,7 @@ def test_resumes_after_the_last_step_in_results_jsonl(trained, tmp_path, monkeyp
     def evaluated_again(*args, **kwargs):
         raise AssertionError("an evaluated checkpoint was evaluated again")
 
-    monkeypatch.setattr(continuous_eval, "evaluate_model", evaluated_again)
+    monkeypatch.setattr(continuous_eval, "score_model", evaluated_again)
     assert [r["step"] for r in evaluate(workdir)] == CHECKPOINT_STEPS
 
 

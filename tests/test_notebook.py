@@ -76,7 +76,8 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("SUPCON_FINETUNE_EPOCHS", "2")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     # The checkout's supcon_tf imports from REPO, so the install cell installs nothing.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH",
+                       os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
