@@ -504,34 +504,17 @@ class Stage:
 
 def run_stage(stage, config, workdir, strategy):
     """Trains `stage` until stage.total_steps, resuming from its checkpoints; returns the step."""
-    train_config = config.train
     global_batch = stage.global_batch_size
     if global_batch % strategy.num_replicas_in_sync:
         raise ValueError(f"{stage.name}: global batch size {global_batch} must divide evenly "
                          f"over {strategy.num_replicas_in_sync} replicas")
-    jit_compile = strategy_lib.resolve_jit_compile(train_config.jit_compile, strategy)
-
-    # ---- checkpoint
-    chief = checkpoints.is_chief(strategy)
-    checkpoint_dir = os.path.join(workdir, stage.checkpoint_subdir)
-    if not chief:  # every worker must save (variables sync), only the chief keeps it
-        checkpoint_dir = os.path.join(workdir, "tmp", stage.checkpoint_subdir,
-                                      f"worker_{strategy.cluster_resolver.task_id}")
-    resumed_from = checkpoints.restore_newest_readable(stage.checkpoint, checkpoint_dir)
-    if resumed_from:
-        logging.info("%s: resumed from %s", stage.name, resumed_from)
-    manager = tf.train.CheckpointManager(stage.checkpoint, checkpoint_dir,
-                                         max_to_keep=train_config.keep_checkpoints)
-    if not resumed_from and stage.initialize is not None:
-        stage.initialize()
-        manager.save(checkpoint_number=0)  # a resumed run restores this, not the source
+    jit_compile = strategy_lib.resolve_jit_compile(config.train.jit_compile, strategy)
+    manager = _resume(stage, config, workdir, strategy)
     step = int(stage.optimizer.iterations.numpy())
-    total_steps = stage.total_steps
-    if step >= total_steps:
-        logging.info("%s: already trained, step %d of %d", stage.name, step, total_steps)
+    if step >= stage.total_steps:
+        logging.info("%s: already trained, step %d of %d", stage.name, step, stage.total_steps)
         return step
 
-    # ---- input
     def dataset_fn(input_context):
         return data.build_train_dataset(stage.data_config, global_batch_size=global_batch,
                                         seed=stage.seed, input_context=input_context,
@@ -539,14 +522,42 @@ def run_stage(stage, config, workdir, strategy):
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_loop = make_train_loop(strategy, stage.replica_step, jit_compile, stage.metric_names)
-
-    # ---- loop
+    chief = checkpoints.is_chief(strategy)
     writer = (tf.summary.create_file_writer(os.path.join(workdir, stage.summary_subdir))
               if chief else tf.summary.create_noop_writer())
+    logging.info("%s: steps %d..%d (%.1f per epoch), jit_compile %s", stage.name, step,
+                 stage.total_steps, stage.steps_per_epoch, jit_compile)
+    step = _train_until_done(stage, config.train, train_loop, iterator, manager, writer, step)
+    if not chief:
+        tf.io.gfile.rmtree(manager.directory)
+    return step
+
+
+def _resume(stage, config, workdir, strategy):
+    """The stage's CheckpointManager, after restoring its newest readable checkpoint or,
+    without one, initializing the stage (config.init_from) and saving that as step 0."""
+    checkpoint_dir = os.path.join(workdir, stage.checkpoint_subdir)
+    if not checkpoints.is_chief(strategy):
+        # Every worker must save (the save synchronizes variables); only the chief's stays.
+        checkpoint_dir = os.path.join(workdir, "tmp", stage.checkpoint_subdir,
+                                      f"worker_{strategy.cluster_resolver.task_id}")
+    resumed_from = checkpoints.restore_newest_readable(stage.checkpoint, checkpoint_dir)
+    if resumed_from:
+        logging.info("%s: resumed from %s", stage.name, resumed_from)
+    manager = tf.train.CheckpointManager(stage.checkpoint, checkpoint_dir,
+                                         max_to_keep=config.train.keep_checkpoints)
+    if not resumed_from and stage.initialize is not None:
+        stage.initialize()
+        manager.save(checkpoint_number=0)  # a resumed run restores this, not the source
+    return manager
+
+
+def _train_until_done(stage, train_config, train_loop, iterator, manager, writer, step):
+    """Runs train_loop from `step` to stage.total_steps with logging, summaries, the
+    non-finite guard, checkpoints and SIGTERM; returns the last step."""
+    total_steps = stage.total_steps
     preempted = []
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-    logging.info("%s: steps %d..%d (%.1f per epoch), jit_compile %s", stage.name, step,
-                 total_steps, stage.steps_per_epoch, jit_compile)
     try:
         while step < total_steps:
             num_steps = min(train_config.steps_per_loop, total_steps - step)
@@ -559,20 +570,17 @@ def run_stage(stage, config, workdir, strategy):
                     f"{step + num_steps} (last good checkpoint: {manager.latest_checkpoint}); "
                     "lower the base_lr or check the input")
             previous_step, step = step, step + num_steps
-            steps_per_sec = num_steps / seconds
             if crossed(previous_step, step, train_config.log_every_steps) or step == total_steps:
-                log_metrics(writer, stage.name, step, total_steps, metrics, steps_per_sec,
-                            global_batch, float(stage.optimizer.learning_rate))
+                log_metrics(writer, stage.name, step, total_steps, metrics, num_steps / seconds,
+                            stage.global_batch_size, float(stage.optimizer.learning_rate))
             if (crossed(previous_step, step, train_config.checkpoint_every_steps)
                     or step == total_steps or preempted):
                 manager.save(checkpoint_number=step)
             if preempted:
-                raise Preempted(f"SIGTERM: saved step {step} to {checkpoint_dir}")
+                raise Preempted(f"SIGTERM: saved step {step} to {manager.directory}")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         writer.flush()
-    if not chief:
-        tf.io.gfile.rmtree(checkpoint_dir)
     return step
 
 
