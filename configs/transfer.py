@@ -41,7 +41,7 @@ MODES = ("linear", "finetune", "tiny_linear", "tiny_finetune")
 # :finetune's length floor and learning rate (x 64/256 at batch 64), chosen on a split of
 # the training folder of docs/transfer.md (see the docstring).
 FINETUNE_MIN_STEPS = 1000
-FINETUNE_BASE_LR = 0.1
+FINETUNE_BASE_LR = 0.2
 
 
 def get_config(arg=None):

@@ -4,24 +4,30 @@
     logits = fitted.logits(test_features)
 
 A multinomial logistic regression with an L2 penalty, minimized full-batch by L-BFGS
-(scipy's L-BFGS-B) in float64. For features x_i [D], labels y_i, weights W [D, C] and
-bias b [C], the objective is
+(scipy's L-BFGS-B) in float64. fit_logistic minimizes, for features x_i [D], labels
+y_i, weights W [D, C] and bias b [C],
 
     L(W, b) = (1/N) sum_i [logsumexp(x_i W + b) - (x_i W + b)[y_i]] + (penalty / 2) ||W||^2
 
 with the bias not penalized: scikit-learn's LogisticRegression(C=1 / (penalty * N),
-solver="lbfgs") on the same features.
+solver="lbfgs") on the same features. fit_probe first standardizes each feature with
+the training split's mean and standard deviation (scikit-learn's StandardScaler), so
+that the penalty weighs every direction alike and L-BFGS meets a well-conditioned
+problem: an embedding whose discriminative directions have little variance (a barely
+trained encoder's) otherwise wants a penalty so weak that 1000 iterations do not
+converge. It returns the classifier on the features as given (the standardization
+folded into W and b).
 
 The penalty is chosen by stratified k-fold cross-validation on the training features
-alone (nothing else is passed in): each value of PENALTY_GRID, times the mean squared
-norm of the training features, is scored by its mean held-out top-1; the best (ties:
-the strongest penalty) is refitted on all of them. Scaling the grid by the features'
-norm makes the choice independent of their scale: features multiplied by s give the
-same predictions. Along the grid, each fold starts from its fit at the previous,
-stronger penalty, so the weak-penalty fits, the slow ones, start close.
+alone (nothing else is passed in): each value of PENALTY_GRID, times the standardized
+features' mean squared norm (D, less any constant feature), is scored by its mean
+held-out top-1; the best (ties: the strongest penalty) is refitted on all of them.
+Features multiplied by s, or shifted, give the same predictions. Along the grid, each
+fold starts from its fit at the previous, stronger penalty, so the weak-penalty fits,
+the slow ones, start close.
 
-Sizes: the features are held in float64 with one copy per fold, about 2.5 x N x D x 8
-bytes in all, and each L-BFGS iteration costs a pass of N x D x C multiply-adds.
+Sizes: the features are held in float64, standardized, and copied once per fold, about
+3 x N x D x 8 bytes in all, and each L-BFGS iteration costs a pass of N x D x C multiply-adds.
 fit_probe refuses more than MAX_FEATURE_BYTES of float64 features (an ImageNet
 train split, 1.28M x 2048, would need 21 GB) with a one-line error: for a split that
 large, train the classifier in batches (config.linear.protocol="augmented"). It is
@@ -36,9 +42,9 @@ import scipy.optimize
 import threadpoolctl
 from absl import logging
 
-# Penalties tried, relative to the training features' mean squared norm: 1e-6 ... 1e1,
-# two per decade, strongest first (the order of the warm-started path).
-PENALTY_GRID = tuple(10.0 ** (-np.arange(-2, 13) / 2))
+# Penalties tried, relative to the standardized features' mean squared norm: 1e1 ...
+# 1e-6, three per decade, strongest first (the order of the warm-started path).
+PENALTY_GRID = tuple(10.0 ** (-np.arange(-3, 19) / 3))
 CV_FOLDS = 5
 MAX_ITERATIONS = 1000
 # L-BFGS stops when every gradient component is below this (the objective is a mean).
@@ -131,8 +137,13 @@ def fit_logistic(features, labels, *, num_classes, penalty, max_iterations=MAX_I
     if not penalty >= 0:
         raise ValueError(f"the probe's L2 penalty must be >= 0; got {penalty}")
     dim = features.shape[1]
+    # Solved on centred features, then the bias moved back: the same minimum (the bias
+    # is not penalized), and far better conditioned when the features share a large
+    # offset (an L2-normalized embedding's rows all lie near their mean).
+    mean = features.mean(axis=0)
+    features = features - mean
     params = (np.zeros(dim * num_classes + num_classes) if start is None else
-              np.concatenate([start.weights.ravel(), start.bias]))
+              np.concatenate([start.weights.ravel(), start.bias + mean @ start.weights]))
     # ftol near machine precision: the gradient tolerance decides when it has converged.
     # One BLAS thread: L-BFGS's own BLAS calls are on vectors of D x C entries, where
     # OpenBLAS threads cost more than they save (fit_probe ran 6x slower with two on
@@ -144,7 +155,8 @@ def fit_logistic(features, labels, *, num_classes, penalty, max_iterations=MAX_I
             options={"maxiter": int(max_iterations), "gtol": tolerance,
                      "ftol": 64 * np.finfo(np.float64).eps})
     weights = result.x[:dim * num_classes].reshape(dim, num_classes)
-    return Fit(weights=weights, bias=result.x[dim * num_classes:], penalty=float(penalty),
+    bias = result.x[dim * num_classes:] - mean @ weights
+    return Fit(weights=weights, bias=bias, penalty=float(penalty),
                iterations=int(result.nit), converged=bool(result.success))
 
 
@@ -192,18 +204,25 @@ def fit_probe(features, labels, *, num_classes, seed=0, folds=CV_FOLDS,
     if folds < 2:
         raise ValueError(f"the probe's cross-validation needs at least 2 training examples "
                          f"of every class; one class has {smallest}; add examples")
-    scale = float(np.mean(np.sum(features**2, axis=1))) or 1.0
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    std[std <= 1e-12 * max(std.max(), 1e-300)] = 1.0  # a constant feature stays 0
+    standardized = (features - mean) / std
+    scale = float(np.mean(np.sum(standardized**2, axis=1))) or 1.0
     penalties = tuple(sorted((float(r) * scale for r in relative_penalties), reverse=True))
-    cv_top1 = cross_validate(features, labels, num_classes=num_classes, penalties=penalties,
-                             folds=folds, seed=seed)
+    cv_top1 = cross_validate(standardized, labels, num_classes=num_classes,
+                             penalties=penalties, folds=folds, seed=seed)
     best = int(np.argmax(cv_top1))  # the first maximum: the strongest penalty among ties
-    fitted = fit_logistic(features, labels, num_classes=num_classes, penalty=penalties[best])
+    fitted = fit_logistic(standardized, labels, num_classes=num_classes,
+                          penalty=penalties[best])
     logging.info(
-        "linear probe: %d-fold CV top-1 on %d training examples by L2 penalty "
-        "(x mean squared feature norm %.4g): %s; chose %.3g (CV top-1 %.4f); refit on all: "
-        "%d L-BFGS iterations, %s", folds, len(labels), scale,
+        "linear probe: %d-fold CV top-1 on %d standardized training examples by L2 penalty "
+        "(x %.4g): %s; chose %.3g (CV top-1 %.4f); refit on all: %d L-BFGS iterations, %s",
+        folds, len(labels), scale,
         ", ".join(f"{p / scale:.2g}: {a:.4f}" for p, a in zip(penalties, cv_top1)),
         penalties[best], cv_top1[best], fitted.iterations,
         "converged" if fitted.converged else f"NOT converged (max {MAX_ITERATIONS})")
+    # Back to the features as given: z W + b = x (W / std) + (b - (mean / std) W).
+    fitted = dataclasses.replace(fitted, weights=fitted.weights / std[:, None],
+                                 bias=fitted.bias - (mean / std) @ fitted.weights)
     return Probe(**dataclasses.asdict(fitted), folds=folds,
                  cv_top1=tuple(float(a) for a in cv_top1), penalties=penalties)

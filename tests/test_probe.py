@@ -1,13 +1,16 @@
 """supcon_tf/probe.py and evaluate.linear_probe: the L-BFGS logistic-regression probe.
 
 The reference is scikit-learn's LogisticRegression (its own lbfgs solver and loss
-code): the same penalty must give the same classifier, and cross-validation on the
-training split alone must land within a point of LogisticRegressionCV's test top-1.
+code): the same penalty must give the same classifier, and fit_probe (standardized
+features, cross-validation on the training split alone) must land within a point of
+StandardScaler + LogisticRegressionCV's test top-1.
 """
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from supcon_tf import evaluate, probe
 
@@ -83,22 +86,25 @@ def test_cross_validated_probe_is_within_a_point_of_logistic_regression_cv():
     test_features, test_labels = overlapping_classes(5000, seed=6)
     result = evaluate.linear_probe(features, labels, test_features, test_labels,
                                    num_classes=NUM_CLASSES)
-    # sklearn's own grid (C, 4 per decade) and stratified 5-fold CV, scored by accuracy.
-    reference = LogisticRegressionCV(Cs=np.logspace(-4, 4, 33), cv=5, scoring="accuracy",
-                                     max_iter=100000).fit(features, labels)
-    reference_top1 = reference.score(test_features, test_labels)
+    # sklearn's own grid (C, 4 per decade) and stratified 5-fold CV, scored by accuracy,
+    # on features standardized with the training split's statistics.
+    reference = make_pipeline(StandardScaler(), LogisticRegressionCV(
+        Cs=np.logspace(-4, 4, 33), cv=5, scoring="accuracy", max_iter=100000))
+    reference_top1 = reference.fit(features, labels).score(test_features, test_labels)
     assert 0.6 < reference_top1 < 0.9  # neither trivial nor hopeless
     assert abs(result["top1"] - reference_top1) <= 0.01
     assert result["converged"] and result["train_top1"] > 0.6
     # The chosen penalty lies inside the grid, not at an end (the grid covers the optimum).
-    scale = np.mean(np.sum(features**2, axis=1))
-    assert min(probe.PENALTY_GRID) < result["l2"] / scale < max(probe.PENALTY_GRID)
+    relative = result["l2"] / features.shape[1]  # standardized: mean squared norm D
+    assert min(probe.PENALTY_GRID) < relative < max(probe.PENALTY_GRID)
 
 
 def test_cross_validation_never_touches_the_eval_split(monkeypatch):
     features, labels = overlapping_classes(240, seed=0)
     test_features, test_labels = overlapping_classes(100, seed=7)
-    train_rows = {row.tobytes() for row in features}
+    # fit_probe fits standardized features: the training rows, standardized by their own
+    # statistics, are the only rows any fit may see.
+    train_rows = (features - features.mean(axis=0)) / features.std(axis=0)
     fitted_on = []
     fit_logistic = probe.fit_logistic
 
@@ -111,7 +117,9 @@ def test_cross_validation_never_touches_the_eval_split(monkeypatch):
                                   num_classes=NUM_CLASSES)
     # Each fit saw training rows only: 4/5 of them for a fold, all of them for the refit.
     assert len(fitted_on) == probe.CV_FOLDS * len(probe.PENALTY_GRID) + 1
-    assert all(row.tobytes() in train_rows for rows in fitted_on for row in rows)
+    for rows in fitted_on:
+        distance = np.abs(rows[:, None, :] - train_rows[None, :, :]).max(axis=2)
+        assert distance.min(axis=1).max() < 1e-9
     assert len(fitted_on[-1]) == 240
     # NaN eval features and shuffled eval labels change no choice.
     poisoned = evaluate.linear_probe(features, labels, np.full_like(test_features, np.nan),
@@ -120,16 +128,32 @@ def test_cross_validation_never_touches_the_eval_split(monkeypatch):
         assert poisoned[key] == clean[key]
 
 
-def test_rescaled_features_give_the_same_predictions():
-    """The grid is relative to the features' mean squared norm: scale cannot move it."""
+def test_rescaled_and_shifted_features_give_the_same_predictions():
+    """fit_probe standardizes with the training statistics: scale and offset cannot move it."""
     features, labels = overlapping_classes(240, seed=0)
     test_features, _ = overlapping_classes(300, seed=8)
-    small = probe.fit_probe(features, labels, num_classes=NUM_CLASSES)
-    large = probe.fit_probe(features * 50.0, labels, num_classes=NUM_CLASSES)
-    assert large.cv_top1 == small.cv_top1
-    assert large.penalty == pytest.approx(small.penalty * 2500.0, rel=1e-9)
-    np.testing.assert_array_equal(np.argmax(small.logits(test_features), axis=1),
-                                  np.argmax(large.logits(test_features * 50.0), axis=1))
+    plain = probe.fit_probe(features, labels, num_classes=NUM_CLASSES)
+    moved = probe.fit_probe(features * 50.0 + 7.0, labels, num_classes=NUM_CLASSES)
+    assert moved.cv_top1 == pytest.approx(plain.cv_top1, abs=1e-12)
+    assert moved.penalty == pytest.approx(plain.penalty, rel=1e-9)
+    np.testing.assert_allclose(moved.logits(test_features * 50.0 + 7.0),
+                               plain.logits(test_features), rtol=1e-5, atol=1e-5)
+
+
+def test_fit_probe_is_a_logistic_regression_on_standardized_features():
+    """Its refit, folded back onto the raw features, is sklearn's StandardScaler +
+    LogisticRegression at the penalty it chose."""
+    features, labels = overlapping_classes(240, seed=0)
+    fitted = probe.fit_probe(features, labels, num_classes=NUM_CLASSES)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(
+        C=1.0 / (fitted.penalty * len(labels)), tol=1e-10, max_iter=100000))
+    reference.fit(features, labels)
+    test_features, _ = overlapping_classes(500, seed=9)
+    logits = fitted.logits(test_features)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, reference.predict_proba(test_features),
+                               atol=1e-4)
 
 
 def test_folds_are_stratified_and_seeded():

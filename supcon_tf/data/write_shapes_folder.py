@@ -5,13 +5,14 @@
 
 DIR/{train,test}/{circle,square,triangle}/<n>.png|jpg, the layout of
 config.data.name="image_folder": one filled shape per image, of equal area whatever
-its class (so size tells nothing), at a random position, rotation, size and colour,
-on a background of another random colour with a gradient and pixel noise; edges are
-anti-aliased (drawn at 4x and averaged). Every other file is a JPEG, and every
-third is saved in grayscale (one channel), so both decoders and the grayscale to
-RGB conversion run. The defaults make the folder of docs/transfer.md: 3 classes, 240
-training and 300 test images of 32 x 32. Each image is drawn from its own seed,
-(seed, split, index), so the folder is the same on every machine.
+its class (so area tells nothing), at a random position, rotation and size, lighter
+than its background by a random contrast, both tinted at random, on a brightness
+gradient with pixel noise; edges are anti-aliased (drawn at 4x and averaged). Every
+other file is a JPEG, and every third is saved in grayscale (one channel), so both
+decoders and the grayscale to RGB conversion run. The defaults make the folder of
+docs/transfer.md: 3 classes, 240 training and 300 test images of 32 x 32. Each image
+is drawn from its own seed, (seed, split, class, index), so the folder is the same on
+every machine.
 """
 
 import argparse
@@ -42,7 +43,9 @@ def shape_mask(kind, size, rng):
     # for an equilateral triangle of circumradius R.
     extent = {"circle": radius, "square": radius * np.sqrt(np.pi) / 2,
               "triangle": radius * np.sqrt(4 * np.pi / (3 * np.sqrt(3)))}[kind]
-    margin = min(extent, fine / 2)
+    # The farthest point from the centre (a corner of the square), kept inside the image.
+    reach = extent * np.sqrt(2) if kind == "square" else extent
+    margin = min(reach, fine / 2)
     center = rng.uniform(margin, fine - margin, size=2)
     angle = rng.uniform(0, 2 * np.pi)
     rows, cols = np.mgrid[0:fine, 0:fine] + 0.5
