@@ -27,11 +27,10 @@ import os
 import re
 import time
 
-import keras
 import tensorflow as tf
 from absl import logging
 
-from supcon_tf import analysis, checkpoints, data, evaluate, init_from, train
+from supcon_tf import analysis, checkpoints, evaluate, train
 
 EVALUATIONS = ("online", "knn")
 EVAL_SUBDIR = "eval"
@@ -117,13 +116,7 @@ def write_summaries(writer, step, record):
 def build_stage_one(config, strategy):
     """The stage-one model and checkpoint as train.run builds them (same precision policy,
     classes and architecture); returns (model, checkpoint, num_classes, final step)."""
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy(config.train.mixed_precision)
-    info = data.dataset_info(config.data)
-    with config.unlocked():
-        config.num_classes = int(info.num_classes)
-        config.class_names = list(info.class_names)
-    init_from.adopt_architecture(config)
+    info = train.prepare(config)
     model, _, checkpoint, per_epoch = train.build_stage_one(
         config, strategy, num_classes=info.num_classes,
         num_train_examples=info.num_train_examples)

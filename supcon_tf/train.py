@@ -673,6 +673,20 @@ def restore_for_eval(config, workdir, strategy, *, num_classes, num_train_exampl
 # ---------------------------------------------------------------- entry point
 
 
+def prepare(config):
+    """What every job on a config does first: the precision policy, config.num_classes and
+    config.class_names from the dataset, and the source's encoder when config.init_from is
+    set. Returns the dataset's DatasetInfo."""
+    if config.train.mixed_precision:
+        keras.mixed_precision.set_global_policy(config.train.mixed_precision)
+    info = data.dataset_info(config.data)
+    with config.unlocked():
+        config.num_classes = int(info.num_classes)
+        config.class_names = list(info.class_names)
+    init_from.adopt_architecture(config)
+    return info
+
+
 def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
     """Trains and/or evaluates; returns the results dict (None for mode="train").
 
@@ -682,14 +696,8 @@ def run(config, workdir, strategy, mode="train_then_eval", *, start_time=None):
     start_time = time.time() if start_time is None else start_time
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; use one of {MODES}")
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy(config.train.mixed_precision)
+    info = prepare(config)
     tf.io.gfile.makedirs(workdir)
-    info = data.dataset_info(config.data)
-    with config.unlocked():
-        config.num_classes = int(info.num_classes)
-        config.class_names = list(info.class_names)
-    init_from.adopt_architecture(config)  # the source's encoder, when config.init_from is set
     if checkpoints.is_chief(strategy):
         checkpoints.save_config(config, workdir)
     sizes = dict(num_classes=info.num_classes, num_train_examples=info.num_train_examples)
