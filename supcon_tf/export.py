@@ -297,11 +297,12 @@ def latest_checkpoint(directory, *, what):
     return path
 
 
-def export_from_workdir(workdir, export_dir, *, checkpoint=None, overwrite=False):
-    """Restores the trained model in workdir and exports it to export_dir.
+def restore_from_workdir(workdir, *, checkpoint=None):
+    """The trained model of a workdir: (config, model, its checkpoint, stage two's linear
+    head or None, that head's checkpoint or None).
 
-    checkpoint defaults to the latest one in workdir/checkpoints. Returns the
-    export info dict (also written to export_dir/export_info.json).
+    checkpoint defaults to the latest one in workdir/checkpoints; stage two ran if it
+    left a checkpoint, and its head then gives the logits.
     """
     config = read_workdir_config(workdir)
     if checkpoint is None:
@@ -315,8 +316,6 @@ def export_from_workdir(workdir, export_dir, *, checkpoint=None, overwrite=False
         )
     model = build_from_config(config)
     restore(checkpoint, what=f"model built from {workdir}/config.json", model=model)
-
-    # Stage two (linear evaluation) ran if it left a checkpoint; its head then gives the logits.
     linear_checkpoint = tf.train.latest_checkpoint(posixpath.join(workdir, "linear"))
     linear_head = None
     if linear_checkpoint is not None:
@@ -326,7 +325,17 @@ def export_from_workdir(workdir, export_dir, *, checkpoint=None, overwrite=False
             linear_checkpoint, what=f"linear head for num_classes={config.num_classes}",
             head=linear_head,
         )
+    return config, model, checkpoint, linear_head, linear_checkpoint
 
+
+def export_from_workdir(workdir, export_dir, *, checkpoint=None, overwrite=False):
+    """Restores the trained model in workdir and exports it to export_dir.
+
+    checkpoint defaults to the latest one in workdir/checkpoints. Returns the
+    export info dict (also written to export_dir/export_info.json).
+    """
+    config, model, checkpoint, linear_head, linear_checkpoint = restore_from_workdir(
+        workdir, checkpoint=checkpoint)
     info = {
         "config": config.to_dict(),
         "checkpoint": checkpoint,

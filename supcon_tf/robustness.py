@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from supcon_tf import checkpoints, corruptions, data, evaluate, export, models  # noqa: E402
+from supcon_tf import checkpoints, corruptions, data, evaluate, export  # noqa: E402
 from supcon_tf.data import augment, sources, views  # noqa: E402
 
 RESULTS_FILE = "robustness.json"
@@ -158,18 +158,8 @@ class Classifier:
 
 
 def _from_workdir(workdir):
-    config = export.read_workdir_config(workdir)
-    model = export.build_from_config(config)
-    checkpoint = export.latest_checkpoint(posixpath.join(workdir, "checkpoints"),
-                                          what="train first (python main.py --workdir=...)")
-    export.restore(checkpoint, what=f"model built from {workdir}/config.json", model=model)
     # Stage two's classifier when it was trained, else the model's own, as evaluation reads.
-    head = None
-    linear_checkpoint = tf.train.latest_checkpoint(posixpath.join(workdir, "linear"))
-    if linear_checkpoint is not None:
-        head = models.linear_head(config.num_classes, init=config.model.classifier_init)
-        head.build((None, model.encoder.output_shape[-1]))
-        export.restore(linear_checkpoint, what="the stage-two linear head", head=head)
+    config, model, _, head, _ = export.restore_from_workdir(workdir)
     forward = export.ForwardPasses(model, image_size=config.data.image_size, linear_head=head)
     return Classifier(workdir, lambda x: forward.logits(forward.embedding[False](x), False),
                       config)
