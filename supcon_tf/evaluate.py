@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from supcon_tf import checkpoints, data, models, probe
 
@@ -75,11 +76,12 @@ def extract_embeddings(embed_fn, eval_dataset, *, strategy=None):
 
 
 def linear_probe(train_emb, train_labels, test_emb, test_labels, *, num_classes, seed=0,
-                 head=None):
+                 head=None, log=False):
     """Fits probe.fit_probe on the train embeddings alone and scores it on the test ones.
 
     The seed shuffles the cross-validation folds. Pass `head` (a models.linear_head) to
-    receive the fitted weights, e.g. to checkpoint it. Returns {"top1", "top5",
+    receive the fitted weights, e.g. to checkpoint it; log=True logs the grid's CV
+    top-1, the chosen penalty and the refit's iterations. Returns {"top1", "top5",
     "train_top1", "l2", "cv_top1", "iterations", "converged"}: l2 is the chosen penalty,
     cv_top1 its mean held-out top-1 on the training split.
     """
@@ -92,6 +94,8 @@ def linear_probe(train_emb, train_labels, test_emb, test_labels, *, num_classes,
         raise ValueError(f"linear_probe needs {len(test_emb)} test labels; got shape "
                          f"{np.shape(test_labels)}")
     fitted = probe.fit_probe(train_emb, train_labels, num_classes=num_classes, seed=seed)
+    if log:
+        logging.info("%s", fitted.describe())
     if head is not None:
         head.build((None, train_emb.shape[1]))
         head.kernel.assign(fitted.weights.astype(np.float32))
@@ -134,7 +138,7 @@ def cached_probe(config, workdir, strategy, model, eval_features, eval_labels, *
                                                  config.data.train_split)
     head = models.linear_head(num_classes, init=config.model.classifier_init)
     fitted = linear_probe(train_features, train_labels, eval_features, eval_labels,
-                          num_classes=num_classes, seed=config.seed, head=head)
+                          num_classes=num_classes, seed=config.seed, head=head, log=True)
     if checkpoints.is_chief(strategy):
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(head=head),
                                              os.path.join(workdir, "linear"), max_to_keep=1)

@@ -40,7 +40,6 @@ import dataclasses
 import numpy as np
 import scipy.optimize
 import threadpoolctl
-from absl import logging
 
 # Penalties tried, relative to the standardized features' mean squared norm: 1e1 ...
 # 1e-6, three per decade, strongest first (the order of the warm-started path).
@@ -75,8 +74,20 @@ class Probe(Fit):
     """fit_probe's result: the refitted classifier and how its penalty was chosen."""
 
     folds: int = 0
+    num_examples: int = 0
+    scale: float = 1.0  # the grid's unit: the standardized features' mean squared norm
     cv_top1: tuple = ()  # mean held-out top-1 for each penalty of `penalties`
     penalties: tuple = ()
+
+    def describe(self):
+        """One line: every penalty's CV top-1, the choice, the refit's iterations."""
+        grid = ", ".join(f"{p / self.scale:.2g}: {a:.4f}"
+                         for p, a in zip(self.penalties, self.cv_top1))
+        status = "converged" if self.converged else "NOT converged (iteration cap)"
+        return (f"linear probe: {self.folds}-fold CV top-1 on {self.num_examples} "
+                f"standardized training examples by L2 penalty (x {self.scale:.4g}): {grid}; "
+                f"chose {self.penalty:.3g} (CV top-1 {max(self.cv_top1):.4f}); refit on all: "
+                f"{self.iterations} L-BFGS iterations, {status}")
 
 
 def check_size(num_examples, dim):
@@ -196,7 +207,7 @@ def fit_probe(features, labels, *, num_classes, seed=0, folds=CV_FOLDS,
     """Chooses the penalty by cross-validation on (features, labels), refits on all of them.
 
     folds is reduced to the smallest class's count when that is smaller; the seed
-    shuffles the folds. Logs the grid's CV top-1, the choice and the refit's iterations.
+    shuffles the folds. The result's describe() is a line for the log.
     """
     features, labels = _checked(features, labels, num_classes)
     smallest = int(np.min(np.bincount(labels)[np.unique(labels)]))
@@ -214,15 +225,8 @@ def fit_probe(features, labels, *, num_classes, seed=0, folds=CV_FOLDS,
     best = int(np.argmax(cv_top1))  # the first maximum: the strongest penalty among ties
     fitted = fit_logistic(standardized, labels, num_classes=num_classes,
                           penalty=penalties[best])
-    logging.info(
-        "linear probe: %d-fold CV top-1 on %d standardized training examples by L2 penalty "
-        "(x %.4g): %s; chose %.3g (CV top-1 %.4f); refit on all: %d L-BFGS iterations, %s",
-        folds, len(labels), scale,
-        ", ".join(f"{p / scale:.2g}: {a:.4f}" for p, a in zip(penalties, cv_top1)),
-        penalties[best], cv_top1[best], fitted.iterations,
-        "converged" if fitted.converged else f"NOT converged (max {MAX_ITERATIONS})")
     # Back to the features as given: z W + b = x (W / std) + (b - (mean / std) W).
     fitted = dataclasses.replace(fitted, weights=fitted.weights / std[:, None],
                                  bias=fitted.bias - (mean / std) @ fitted.weights)
-    return Probe(**dataclasses.asdict(fitted), folds=folds,
-                 cv_top1=tuple(float(a) for a in cv_top1), penalties=penalties)
+    return Probe(**dataclasses.asdict(fitted), folds=folds, num_examples=len(labels),
+                 scale=scale, cv_top1=tuple(float(a) for a in cv_top1), penalties=penalties)

@@ -196,3 +196,14 @@ def test_a_split_too_large_for_memory_is_refused_before_any_work():
                                          r"linear.protocol='augmented'"):
         probe.check_size(1281167, 2048)
     probe.check_size(50000, 2048)  # CIFAR-sized: allowed
+
+
+def test_the_log_line_gives_every_penalty_the_choice_and_convergence():
+    features, labels = overlapping_classes(240, seed=0)
+    fitted = probe.fit_probe(features, labels, num_classes=NUM_CLASSES)
+    line = fitted.describe()
+    grid = line.split("): ", 1)[1].split("; chose")[0].split(", ")
+    assert len(grid) == len(probe.PENALTY_GRID) == len(fitted.cv_top1)
+    assert [float(entry.split(": ")[1]) for entry in grid] == pytest.approx(
+        fitted.cv_top1, abs=5e-5)
+    assert f"chose {fitted.penalty:.3g}" in line and "converged" in line and "\n" not in line
