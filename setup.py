@@ -40,6 +40,9 @@ COMMON = [
     # The common corruptions of `python -m supcon_tf.robustness` (import name imagecorruptions;
     # the original imagecorruptions 1.1.2 breaks on current scikit-image).
     "imagecorruptions-imaug>=1.1.5",
+    # The cached linear probe's L-BFGS and its single BLAS thread (supcon_tf/probe.py).
+    "scipy",
+    "threadpoolctl",
 ]
 TEST = [
     "pytest",

@@ -8,7 +8,7 @@ says, wherever a command lives: the install-and-train line (`pip install -e . &&
 main.py ...`), every `python main.py` line on a config that trains on the embedded
 digits (DIGITS_CONFIGS) or with --mode=describe (the paper rows need their datasets
 and accelerators), `python export_hub.py`, `python -m supcon_tf.analysis` and
-`python -m supcon_tf.data.write_digits_folder`. Usage lines with
+`python -m supcon_tf.data.write_digits_folder` and `write_shapes_folder`. Usage lines with
 [optional] parts are not commands. Each command runs once, in page order, from
 the repository root, with PATH leading to the venv; `/tmp/` in a command becomes a
 fresh scratch directory so that earlier runs cannot satisfy it. Any non-zero exit
@@ -37,7 +37,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL = "pip install -e ."
 COMMAND_STARTS = (f"{INSTALL} &&", "python main.py ", "python export_hub.py ",
-                  "python -m supcon_tf.analysis ", "python -m supcon_tf.data.write_digits_folder ")
+                  "python -m supcon_tf.analysis ", "python -m supcon_tf.data.write_digits_folder ",
+                  "python -m supcon_tf.data.write_shapes_folder ")
 # Configs whose default data is the embedded digits, so they run anywhere.
 DIGITS_CONFIGS = ("configs/digits.py", "configs/digits_ce.py", "configs/digits_small_batch.py",
                   "configs/transfer.py")

@@ -10,7 +10,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from supcon_tf import data, models, optim, train
+from supcon_tf import data, models, optim, probe, train
 
 # Published split sizes (train, eval) and classes, for datasets not prepared here.
 PUBLISHED_SPLITS = {
@@ -92,14 +92,23 @@ def describe(config):
     else:
         head = models.linear_head(num_classes, init=config.model.classifier_init)
         head.build((None, model.encoder.output_shape[-1]))
-        stages["stage_two"] = _stage(
-            config.linear.optim, epochs=config.linear.epochs, min_steps=config.linear.min_steps,
-            global_batch_size=config.linear.global_batch_size, num_train_examples=num_train,
-            variables=head.trainable_variables)
-        stages["stage_two"].update(
-            protocol=config.linear.protocol, bn_mode=config.linear.bn_mode,
-            label_smoothing=config.linear.label_smoothing,
-            augmentation=_augmentation(train.stage_two_data_config(config)))
+        if config.linear.protocol == "cached":
+            stages["stage_two"] = {
+                "protocol": "cached", "bn_mode": config.linear.bn_mode,
+                "classifier": "multinomial logistic regression on standardized un-augmented "
+                              "embeddings, full-batch L-BFGS",
+                "l2_penalty": f"chosen by {probe.CV_FOLDS}-fold cross-validation on the "
+                              f"training split, {len(probe.PENALTY_GRID)} values"}
+        else:
+            stages["stage_two"] = _stage(
+                config.linear.optim, epochs=config.linear.epochs,
+                min_steps=config.linear.min_steps,
+                global_batch_size=config.linear.global_batch_size, num_train_examples=num_train,
+                variables=head.trainable_variables)
+            stages["stage_two"].update(
+                protocol=config.linear.protocol, bn_mode=config.linear.bn_mode,
+                label_smoothing=config.linear.label_smoothing,
+                augmentation=_augmentation(train.stage_two_data_config(config)))
         scale = (loss.temperature / loss.base_temperature if loss.base_temperature is not None
                  else 1.0)
         loss_summary = {

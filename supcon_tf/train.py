@@ -27,9 +27,11 @@ Stage two (supcon and simclr; ce reports its own classifier), config.linear:
   "batch_stats" runs the encoder's batch norm on batch statistics without updating
   its moving averages (the official TF code); "inference" uses the moving averages
   (the PyTorch reference).
-- protocol "cached": an explicit fast option for small data and analysis: the encoder
-  runs once without augmentation and the classifier trains on cached embeddings.
-Either way the last epoch is scored on config.data.eval_split; nothing is selected on it.
+- protocol "cached", for small data and analysis: the encoder runs once without
+  augmentation and a logistic regression is fitted to convergence on those embeddings
+  (supcon_tf/probe.py: L-BFGS, its L2 penalty chosen by cross-validation on the
+  training split).
+Either way nothing is selected on config.data.eval_split.
 
 check_config(config, num_replicas=...) checks the fields the stages own: the method,
 batches, lengths, loop counts, precision and the cross-entropy options.
