@@ -15,9 +15,9 @@ Chosen: the digits encoder (ResNet-18 x0.25, CIFAR stem) at the native 28 px, 12
 images x 2 views a step, 3 epochs of SupCon (about 1,400 steps, 1 of warm-up) then 2
 epochs of stage two (938 steps), flips on (a mirrored shirt is still a shirt),
 crops down to 40 % of the image; the rest is configs/digits.py's recipe.
-Hardware/time: budget 30 minutes wall on the 2-core machine, no accelerator. Step times measured on the real data
-(AMD EPYC with AVX-512, oneDNN on, 2 cores shared with 4 other agents' jobs: load
-average 5 to 9), steps 5-23 of a run, start-up and tracing excluded:
+Hardware/time: budget 30 minutes wall on the 2-core machine, no accelerator. Step times
+measured on the real data (AMD EPYC with AVX-512, oneDNN on, 2 cores shared with
+other jobs: load average 5 to 9), steps 5-23 of a run, start-up and tracing excluded:
   python main.py --config=configs/fashion_mnist.py --workdir=/tmp/fm_time \
       "--config.data.train_split=train[:3000]" "--config.data.eval_split=test[:1000]" \
       --config.train.epochs=1 --config.linear.epochs=1 --config.train.log_every_steps=5 \
@@ -26,7 +26,7 @@ average 5 to 9), steps 5-23 of a run, start-up and tracing excluded:
   cross-entropy (configs/fashion_mnist_ce.py, same command): 1.24 s a step (load 5.5).
 At 1.11 s a step, 30 minutes less about 3 for start-up, tracing, stage two (938 x
 0.1 s) and two 10,000-image evaluations leave about 1,450 steps: 3 epochs. On an
-idle machine a step took about 0.38 s (the issue's figure for this encoder, not
+idle machine a step took about 0.38 s (a figure reported for this encoder, not
 measured here), so the same run takes about 12 minutes, and the tuning trials may
 raise the epochs to about 7 when the machine is free. Wider encoders or larger
 images cost more per step and would leave fewer epochs.

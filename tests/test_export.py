@@ -1,4 +1,4 @@
-"""Export to TF Hub Reusable SavedModels: every consumer the issue names, and the safety rules.
+"""Export to TF Hub Reusable SavedModels: every consumer a user reaches for, and the safety rules.
 
 One tiny workdir (configs/digits.py:tiny, random weights, BN statistics moved off
 their initial values, a stage-two linear head) is exported once through the

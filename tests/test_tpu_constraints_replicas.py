@@ -10,7 +10,7 @@ from conftest import mirrored_strategy
 from test_tpu_constraints import (GLOBAL_BATCH, build_stage, fixed_batch, stage_config,
                                   stream_of)
 
-from supcon_tf import checkpoints, cross_replica, train
+from supcon_tf import checkpoints, cross_replica
 from supcon_tf.losses import supcon_loss
 
 
