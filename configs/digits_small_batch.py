@@ -1,4 +1,4 @@
-r"""SupCon at a global batch of 16 on the embedded digits, with a momentum queue (issue 20).
+r"""SupCon at a global batch of 16 on the embedded digits, with a momentum queue.
 
 Paper row: none; the small-batch regime the paper's blog names as open, at laptop scale.
 configs/digits.py with 16 samples x 2 views per step instead of 128; a momentum key
