@@ -10,7 +10,7 @@ with a fresh classifier by cross-entropy (method "ce", starting from the loaded
 weights) for 10 epochs, or FINETUNE_MIN_STEPS steps when that is more: a folder of
 240 images at batch 64 is 3 steps an epoch, and 30 steps leave it underfit.
 
-Command (docs/transfer.md; the folder: supcon_tf/data/write_shapes_folder.py):
+Command: (docs/transfer.md; the folder: supcon_tf/data/write_shapes_folder.py)
   python main.py --config=configs/digits.py --workdir=/tmp/supcon_digits
   python export_hub.py --workdir=/tmp/supcon_digits --export_dir=/tmp/supcon_digits_hub
   python -m supcon_tf.data.write_shapes_folder /tmp/shapes_folder
