@@ -36,6 +36,7 @@ def test_notebook_is_colab_ready_and_stored_without_outputs():
         assert step in source, step
 
 
+@pytest.mark.tf_keras  # the cell pins tf-keras to the plain tensorflow distribution, as on Colab
 def test_install_cell_clones_a_url_and_installs_from_the_clone(tmp_path, monkeypatch):
     """A git URL is cloned (a file:// URL of this checkout stands in for GitHub) and pip
     is asked for an editable install of the clone; pip itself is not run."""
