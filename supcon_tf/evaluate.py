@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from supcon_tf import checkpoints, data, models, probe
+from supcon_tf import checkpoints, constants, data, models, probe
 
 
 def topk_accuracy(labels, logits, k, mask=None):
@@ -157,7 +157,7 @@ def evaluate_model(config, workdir, strategy, model, *, num_classes, num_train_e
     called as (config, workdir, strategy, model, num_classes=, num_train_examples=) for
     the "augmented" protocol; it returns the trained classifier.
     """
-    if config.method == "ce":
+    if not constants.stage_two_runs(config):  # ce reports its own classifier
         logits, labels = split_outputs(
             config, strategy,
             lambda x: model.classifier(model.head_input(model.encoder(x, training=False))),

@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from supcon_tf import describe, train
+from supcon_tf import constants, describe, train
 from supcon_tf import strategy as strategy_lib
 
 TIMED_STEPS = 3
@@ -370,7 +370,7 @@ def check_budget(config, num_replicas):
     size = config.data.image_size
     stages = [("train.global_batch_size", config.train.global_batch_size,
                config.data.num_views)]
-    if config.method != "ce" and config.linear.protocol == "augmented":
+    if constants.stage_two_runs(config) and config.linear.protocol == "augmented":
         stages.append(("linear.global_batch_size", config.linear.global_batch_size,
                        train.stage_two_data_config(config).num_views))
     for field, batch, views in stages:
@@ -413,8 +413,8 @@ def run(config, workdir, strategy):
     model, reference_model, stage_one_checks, images_per_sec = _stage_one(setting, workdir)
     checks += stage_one_checks
     throughput["stage_one"] = images_per_sec
-    if config.method == "ce":
-        pass  # ce reports its own classifier: no stage two
+    if not constants.stage_two_runs(config):
+        pass  # ce reports its own classifier
     elif config.linear.protocol != "augmented":
         checks.append(Check("stage two", None, f"skipped: linear.protocol="
                             f"{config.linear.protocol!r} trains on cached embeddings on the host"))
